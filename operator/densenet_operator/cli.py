@@ -1,0 +1,149 @@
+"""`densenet-operator`: run the operator, or debug a rank table from `kubectl get pods -o json`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from densenet_operator import naming, ranktable
+
+
+def _pods_for_table(pod_list: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Live pods of the newest gang (older gangs are leftovers of a restart)."""
+    items = [
+        p
+        for p in pod_list.get("items", [pod_list] if pod_list.get("kind") == "Pod" else [])
+        if not (p.get("metadata") or {}).get("deletionTimestamp")
+    ]
+    gangs = {
+        int(g)
+        for p in items
+        if (
+            g := ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_GANG, "0")
+        ).isdigit()
+    }
+    newest = str(max(gangs, default=0))
+    return [
+        p
+        for p in items
+        if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_GANG, "0") == newest
+    ]
+
+
+def _devices_per_replica(pods: Sequence[Mapping[str, Any]]) -> int | None:
+    for pod in pods:
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
+            naming.ASCEND_CONFIG_ANNOTATION
+        )
+        try:
+            return len(json.loads(raw)["devices"])
+        except (TypeError, ValueError, KeyError):
+            continue
+    return None
+
+
+def rank_table_command(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    try:
+        pods = _pods_for_table(json.loads(text))
+    except ValueError as error:
+        print(
+            f"error: input is not JSON ({error}); pipe `kubectl get pods -o json`", file=sys.stderr
+        )
+        return 2
+    if not pods:
+        print("error: no pods in the input", file=sys.stderr)
+        return 2
+    devices = args.devices_per_replica or _devices_per_replica(pods)
+    if devices is None:
+        print(
+            "error: no pod carries the ascend-910-configuration annotation; "
+            "pass --devices-per-replica",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        table = ranktable.build_rank_table(
+            pods, replicas=args.replicas or len(pods), devices_per_replica=devices, fmt=args.format
+        )
+    except ranktable.RankTableIncomplete as incomplete:
+        print("error: no valid rank table can be built from these pods:", file=sys.stderr)
+        for problem in incomplete.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    json.dump(table, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    import kopf  # the operator's dependencies load only for `run`
+
+    from densenet_operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+        namespaces=args.namespace or (),
+        clusterwide=not args.namespace,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="densenet-operator", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        help="watch only this namespace (repeatable); default: the whole cluster",
+    )
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate with other replicas through this kopf peering object",
+    )
+    run.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    run.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument("--verbose", "-v", action="store_true")
+    run.set_defaults(func=run_command)
+
+    table = commands.add_parser(
+        "rank-table",
+        help="build the HCCL rank table from `kubectl get pods -o json` output",
+        description="Reads a PodList (kubectl get pods -l training.densenet.dev/job-name=JOB -o json) "
+        "and prints the rank table the operator would publish; exits 1 naming each pod that "
+        "cannot take part and why.",
+    )
+    table.add_argument("file", nargs="?", default="-", help="PodList JSON file, or - for stdin")
+    table.add_argument("--format", choices=ranktable.FORMATS, default="1.0")
+    table.add_argument(
+        "--devices-per-replica",
+        type=int,
+        help="devices each pod should have (default: from the annotations)",
+    )
+    table.add_argument("--replicas", type=int, help="pods expected (default: the pods given)")
+    table.set_defaults(func=rank_table_command)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""kopf handlers: thin. They gather inputs and hand them to the per-job workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes_asyncio import client, config
+
+from densenet_operator import naming
+from densenet_operator.lifecycle import Event
+from densenet_operator.reconcile import Reconciler
+from densenet_operator.spec import GROUP, PLURAL, VERSION
+from densenet_operator.status import trim_pod
+from densenet_operator.workers import JobWorkers, Key
+
+DEFAULT_TRAINER_IMAGE = "densenet-trainer:0.1.0"
+log = logging.getLogger(__name__)
+
+
+async def _api_client() -> client.ApiClient:
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 64
+    return client.ApiClient(configuration)
+
+
+def _record(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.INFO  # every transition becomes a Kubernetes Event
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    api = await _api_client()
+    reconciler = Reconciler(
+        api=api,
+        default_image=os.environ.get("DENSENET_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+        record=_record,
+    )
+
+    async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
+        return await reconciler.reconcile(body, list(memo.pod_index.get(key, ())))
+
+    memo.api = api
+    memo.reconciler = reconciler
+    memo.workers = JobWorkers(run_pass)
+    memo.pod_index = {}
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await memo.workers.stop_all()
+    await memo.api.close()
+
+
+@kopf.index("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    # kopf fills every index before any other handler runs: after a restart, the operator
+    # never mistakes "not listed yet" for "pod gone".
+    return {(namespace, labels[naming.LABEL_JOB]): trim_pod(body)}
+
+
+@kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    memo.workers.poke((namespace, labels[naming.LABEL_JOB]))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_changed(
+    event: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    uid: str,
+    memo: kopf.Memo,
+    job_pods: kopf.Index[Key, Any],
+    **_: Any,
+) -> None:
+    memo.pod_index = job_pods
+    key = (namespace, name)
+    if event.get("type") == "DELETED":
+        await memo.workers.stop(key)
+        memo.reconciler.forget(uid)
+        return
+    memo.workers.update(key, event["object"])

@@ -1,0 +1,68 @@
+"""Names, labels and owner references shared by every child object of a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from densenet_operator.spec import API_VERSION, GROUP, KIND, JobRef
+
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_REPLICA_INDEX = f"{GROUP}/replica-index"
+LABEL_REPLICA_TYPE = f"{GROUP}/replica-type"
+# Which gang a pod belongs to: status.restarts when it was created. Pods of an older gang are
+# leftovers of a restart and never count towards the new one.
+LABEL_GANG = f"{GROUP}/gang"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "densenet-operator"
+
+ASCEND_CONFIG_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
+RANK_TABLE_DIR = "/user/serverid/devindex/config"
+RANK_TABLE_KEY = "hccl.json"
+RANK_TABLE_FILE = f"{RANK_TABLE_DIR}/{RANK_TABLE_KEY}"
+MASTER_PORT = 29500
+TRAINER_CONTAINER = "trainer"
+
+
+def pod_name(job: str, index: int) -> str:
+    return f"{job}-worker-{index}"
+
+
+def service_name(job: str) -> str:
+    return job
+
+
+def rank_table_configmap_name(job: str) -> str:
+    return f"rings-config-{job}"
+
+
+def service_account_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def master_address(job: str) -> str:
+    """Worker 0's DNS name through the headless service (hostname.subdomain)."""
+    return f"{pod_name(job, 0)}.{service_name(job)}"
+
+
+def job_labels(job: JobRef) -> dict[str, str]:
+    return {LABEL_JOB: job.name, LABEL_MANAGED_BY: MANAGER}
+
+
+def owner_reference(job: JobRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(job: JobRef, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": {**job_labels(job), **(labels or {})},
+        "ownerReferences": [owner_reference(job)],
+    }

@@ -1,0 +1,283 @@
+"""The HCCL rank table, built from a job's pods and the Ascend device plugin's annotations.
+
+A pure function of the pods: the table is either complete and valid, or not published at all
+(RankTableIncomplete says which pods hold it up, and why). Never a table with a missing IP,
+a device IP of "-1", or a device count that differs from the spec.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from densenet_operator import naming
+from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_REPLICA_INDEX
+from densenet_operator.spec import JobRef, TrainingSpec
+
+INITIALIZING = "initializing"
+# Jobs on cuda or cpu rendezvous through MASTER_ADDR; their ConfigMap says so instead.
+NOT_REQUIRED = "not-required"
+COMPLETED = "completed"
+FORMATS = ("1.0", "0.1")
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    pod: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.pod}: {self.reason}"
+
+
+class RankTableIncomplete(Exception):
+    """The pods cannot make a valid rank table yet (or at all)."""
+
+    def __init__(self, problems: Sequence[PodProblem]):
+        self.problems = list(problems)
+        super().__init__("; ".join(map(str, self.problems)))
+
+    @property
+    def waiting_for(self) -> list[str]:
+        return [str(problem) for problem in self.problems]
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    device_ip: str
+
+
+@dataclass(frozen=True)
+class Server:
+    pod_name: str
+    replica_index: int
+    server_id: str
+    container_ip: str
+    devices: tuple[Device, ...]
+
+
+@lru_cache(maxsize=65536)
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_devices(raw: Any) -> tuple[tuple[Device, ...], str | None]:
+    """Devices sorted by numeric device_id, plus the annotation's server_id."""
+    if not isinstance(raw, str) or not raw:
+        raise _Problem("has no ascend-910-configuration annotation from the device plugin yet")
+    try:
+        config = json.loads(raw)
+        entries = config["devices"]
+        devices = [Device(str(d["device_id"]), str(d["device_ip"])) for d in entries]
+    except (ValueError, KeyError, TypeError) as error:
+        raise _Problem(
+            f"has an unreadable ascend-910-configuration annotation ({error!r})"
+        ) from None
+    if not all(d.device_id.isdigit() for d in devices):
+        raise _Problem("lists a device_id that is not a number")
+    ids = [d.device_id for d in devices]
+    if len(set(ids)) != len(ids):
+        raise _Problem(f"lists device ids more than once: {ids}")
+    for device in devices:
+        if device.device_ip == "-1":
+            raise _Problem(
+                f"device {device.device_id} has IP -1: the device plugin could not read it"
+            )
+        if not _is_ip(device.device_ip):
+            raise _Problem(f"device {device.device_id} has an invalid IP {device.device_ip!r}")
+    server_id = config.get("server_id")
+    return tuple(sorted(devices, key=lambda d: int(d.device_id))), (
+        str(server_id) if server_id is not None else None
+    )
+
+
+class _Problem(Exception):
+    pass
+
+
+def _server(pod: Mapping[str, Any], devices_per_replica: int) -> Server:
+    metadata = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    name = metadata.get("name", "?")
+    index = int(metadata["labels"][LABEL_REPLICA_INDEX])
+    pod_ip = status.get("podIP")
+    if not pod_ip:
+        raise _Problem("has no pod IP yet")
+    devices, annotated_server = _parse_devices(
+        (metadata.get("annotations") or {}).get(ASCEND_CONFIG_ANNOTATION)
+    )
+    if len(devices) != devices_per_replica:
+        raise _Problem(
+            f"the device plugin assigned {len(devices)} devices, the job asks for {devices_per_replica}"
+        )
+    # The plugin's server_id is the node IP on most versions, the pod UID on some: then hostIP.
+    server_id = annotated_server if annotated_server and _is_ip(annotated_server) else None
+    server_id = server_id or status.get("hostIP")
+    if not server_id:
+        raise _Problem("has no host IP yet")
+    return Server(name, index, server_id, pod_ip, devices)
+
+
+def _replica_index(pod: Mapping[str, Any]) -> int | None:
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_REPLICA_INDEX)
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def collect_servers(
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    replicas: int,
+    devices_per_replica: int,
+    pod_names: Sequence[str] | None = None,
+) -> list[Server]:
+    """The servers in replica order, or RankTableIncomplete naming every pod that holds it up.
+
+    `pod_names[i]` names replica i in messages when that pod does not exist yet.
+    """
+    by_index: dict[int, Mapping[str, Any]] = {}
+    problems: list[PodProblem] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        index = _replica_index(pod)
+        if index is None:
+            problems.append(PodProblem(name, f"has no numeric {LABEL_REPLICA_INDEX} label"))
+        elif index >= replicas:
+            problems.append(
+                PodProblem(name, f"replica index {index} is beyond {replicas} replicas")
+            )
+        elif index in by_index:
+            problems.append(PodProblem(name, f"replica index {index} is taken by another pod"))
+        else:
+            by_index[index] = pod
+    servers: list[Server] = []
+    for index in range(replicas):
+        pod = by_index.get(index)
+        if pod is None:
+            label = pod_names[index] if pod_names else f"replica {index}"
+            problems.append(PodProblem(label, "does not exist yet"))
+            continue
+        try:
+            servers.append(_server(pod, devices_per_replica))
+        except _Problem as problem:
+            problems.append(PodProblem(pod["metadata"]["name"], str(problem)))
+    if problems:
+        raise RankTableIncomplete(problems)
+    return servers
+
+
+def render(servers: Sequence[Server], fmt: str = "1.0") -> dict[str, Any]:
+    """The completed rank table in format "1.0" (server_list) or legacy "0.1" (group_list).
+
+    All values are strings, as HCCL expects.
+    """
+    if fmt == "1.0":
+        server_list = []
+        for server in servers:
+            base = server.replica_index * len(server.devices)
+            server_list.append(
+                {
+                    "server_id": server.server_id,
+                    "container_ip": server.container_ip,
+                    "device": [
+                        {
+                            "device_id": device.device_id,
+                            "device_ip": device.device_ip,
+                            "rank_id": str(base + position),
+                        }
+                        for position, device in enumerate(server.devices)
+                    ],
+                }
+            )
+        return {
+            "status": COMPLETED,
+            "version": "1.0",
+            "server_count": str(len(servers)),
+            "server_list": server_list,
+        }
+    if fmt == "0.1":
+        instances = [
+            {
+                "pod_name": server.pod_name,
+                "server_id": server.server_id,
+                "devices": [
+                    {"device_id": d.device_id, "device_ip": d.device_ip} for d in server.devices
+                ],
+            }
+            for server in servers
+        ]
+        return {
+            "status": COMPLETED,
+            "group_count": "1",
+            "group_list": [
+                {
+                    "group_name": "worker",
+                    "device_count": str(sum(len(s.devices) for s in servers)),
+                    "instance_count": str(len(servers)),
+                    "instance_list": instances,
+                }
+            ],
+        }
+    raise ValueError(f"unknown rank table format {fmt!r}: expected one of {FORMATS}")
+
+
+def build_rank_table(
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    replicas: int,
+    devices_per_replica: int,
+    fmt: str = "1.0",
+    pod_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Pods -> completed rank table; raises RankTableIncomplete if any pod is not ready for it."""
+    servers = collect_servers(
+        pods, replicas=replicas, devices_per_replica=devices_per_replica, pod_names=pod_names
+    )
+    return render(servers, fmt)
+
+
+def initializing_table() -> dict[str, Any]:
+    return {"status": INITIALIZING}
+
+
+def dumps(table: Mapping[str, Any]) -> str:
+    """Stable serialization, so an unchanged table never causes a write."""
+    return json.dumps(table, separators=(",", ":"))
+
+
+def table_status(text: str | None) -> str:
+    """The "status" of a serialized table ("initializing" when absent or unreadable)."""
+    try:
+        return str(json.loads(text or "{}").get("status", INITIALIZING))
+    except ValueError:
+        return INITIALIZING
+
+
+def initial_content(spec: TrainingSpec) -> str:
+    if spec.uses_rank_table:
+        return dumps(initializing_table())
+    return dumps(
+        {
+            "status": NOT_REQUIRED,
+            "reason": f"device type {spec.device_type} rendezvous through MASTER_ADDR; "
+            "HCCL rank tables are for Ascend",
+        }
+    )
+
+
+def build_configmap(job: JobRef, content: str) -> dict[str, Any]:
+    """ConfigMap rings-config-<job>, key hccl.json, mounted at /user/serverid/devindex/config."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": naming.child_metadata(job, naming.rank_table_configmap_name(job.name)),
+        "data": {naming.RANK_TABLE_KEY: content},
+    }

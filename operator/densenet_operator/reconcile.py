@@ -1,0 +1,175 @@
+"""Carries out a lifecycle plan against the API server.
+
+The only module that writes to Kubernetes for a job. Every write is idempotent: children have
+fixed names (AlreadyExists is success), deletions of what is gone are success, and the status
+is written before the pods are touched, so an operator killed between two calls resumes
+correctly from what the API server holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from densenet_operator import lifecycle, naming, pods, ranktable, rbac, service
+from densenet_operator.spec import GROUP, PLURAL, VERSION, Job, parse_job
+from densenet_operator.status import PodState, now_utc
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+EventSink = Callable[[Mapping[str, Any], lifecycle.Event], None]
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A merge patch turning `old` into `new` (keys gone from `new` become null), or None.
+
+    The trainer's `training` block is never touched."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    for key in old:
+        if key not in new and key != "training":
+            patch[key] = None
+    return patch or None
+
+
+@dataclass
+class Reconciler:
+    api: client.ApiClient
+    default_image: str
+    record: EventSink
+    # Per job uid: children known to exist, and the rank table last written.
+    ensured: set[str] = field(default_factory=set)
+    tables: dict[str, str] = field(default_factory=dict)
+    requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.core = client.CoreV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    async def _call(
+        self, method: Callable[..., Any], *args: Any, ok: Iterable[int] = (), **kw: Any
+    ) -> Any:
+        """One API call; statuses in `ok` (409 on create, 404 on delete) count as success."""
+        self.requests += 1
+        try:
+            return await method(*args, **kw)
+        except ApiException as error:
+            if error.status in ok:
+                return None
+            raise
+
+    async def ensure_children(self, job: Job) -> None:
+        """Service, ServiceAccount, Role, RoleBinding and rank-table ConfigMap, once per job."""
+        if job.ref.uid in self.ensured:
+            return
+        ns = job.ref.namespace
+        creates = [
+            (self.core.create_namespaced_service, service.build_service(job.ref)),
+            (self.core.create_namespaced_service_account, rbac.build_service_account(job.ref)),
+            (self.rbac.create_namespaced_role, rbac.build_role(job.ref)),
+            (self.rbac.create_namespaced_role_binding, rbac.build_role_binding(job.ref)),
+        ]
+        await asyncio.gather(
+            *(
+                self._call(create, ns, body, ok=(409,), _preload_content=False)
+                for create, body in creates
+            )
+        )
+        content = ranktable.initial_content(job.spec)
+        created = await self._call(
+            self.core.create_namespaced_config_map,
+            ns,
+            ranktable.build_configmap(job.ref, content),
+            ok=(409,),
+            _preload_content=False,
+        )
+        if created is None:  # it existed: an earlier instance of the operator made it
+            existing = await self._call(
+                self.core.read_namespaced_config_map,
+                naming.rank_table_configmap_name(job.ref.name),
+                ns,
+            )
+            content = (existing.data or {}).get(naming.RANK_TABLE_KEY, "")
+        self.tables[job.ref.uid] = content
+        self.ensured.add(job.ref.uid)
+
+    def forget(self, uid: str) -> None:
+        self.ensured.discard(uid)
+        self.tables.pop(uid, None)
+
+    async def reconcile(
+        self, body: Mapping[str, Any], pod_bodies: Iterable[Mapping[str, Any]]
+    ) -> tuple[dict[str, Any] | None, float | None]:
+        """One pass for one job. Returns (the job as patched, if its status was written;
+        seconds until the next pass is due, if a deadline or TTL is pending)."""
+        job = parse_job(dict(body), default_image=self.default_image)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None, None
+        await self.ensure_children(job)
+        states = [PodState.from_pod(p) for p in pod_bodies]
+        old_status = dict(body.get("status") or {})
+        plan = lifecycle.plan(job, old_status, states, now_utc(), self.tables.get(job.ref.uid))
+        ns, name = job.ref.namespace, job.ref.name
+
+        patched = None
+        patch = status_patch({k: v for k, v in old_status.items() if k != "training"}, plan.status)
+        if patch is not None:
+            patched = await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                ns,
+                PLURAL,
+                name,
+                {"status": patch},
+                _content_type=MERGE_PATCH,
+            )
+        if plan.rank_table is not None:
+            await self._call(
+                self.core.patch_namespaced_config_map,
+                naming.rank_table_configmap_name(name),
+                ns,
+                {"data": {naming.RANK_TABLE_KEY: plan.rank_table}},
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+            self.tables[job.ref.uid] = plan.rank_table
+        await asyncio.gather(
+            *(
+                self._call(
+                    self.core.delete_namespaced_pod, pod, ns, ok=(404,), _preload_content=False
+                )
+                for pod in plan.delete
+            ),
+            *(
+                self._call(
+                    self.core.create_namespaced_pod,
+                    ns,
+                    pods.build_pod(job, index, gang=int(plan.status.get("restarts") or 0)),
+                    ok=(409,),
+                    _preload_content=False,
+                )
+                for index in plan.create
+            ),
+        )
+        for event in plan.events:
+            self.record(body, event)
+        if plan.delete_job:
+            await self._call(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                ns,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+                ok=(404,),
+            )
+            return None, None
+        return patched, plan.requeue_after

@@ -1,0 +1,380 @@
+"""hack/localcluster.py: configuration rendering (unit) and the running cluster (integration)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import localcluster  # loaded from hack/ by tests/conftest.py
+import pytest
+
+NPU = localcluster.NPU_RESOURCE
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def npu_pod(name: str, npus: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [
+                {
+                    "name": "trainer",
+                    "image": "densenet-trainer:test",
+                    "resources": {"limits": {NPU: str(npus)}, "requests": {NPU: str(npus)}},
+                }
+            ],
+            **spec,
+        },
+    }
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == type_), None
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Unit tests: no cluster
+
+
+def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None:
+    config = localcluster.render_kwokctl_config(tmp_path / "bin", tmp_path / "kubectl")
+    assert config["kind"] == "KwokctlConfiguration"
+    options = config["options"]
+    assert options["runtime"] == "binary"
+    assert set(options["components"]) >= {"kube-scheduler", "kube-controller-manager"}
+    for key in (
+        "kubeApiserverBinary",
+        "kubeControllerManagerBinary",
+        "kubeSchedulerBinary",
+        "etcdBinary",
+        "kwokControllerBinary",
+    ):
+        assert Path(options[key]).parent == tmp_path / "bin", key
+    # Nothing to download: no URL anywhere in the configuration.
+    assert "://" not in json.dumps(config)
+    assert options["bindAddress"] == "127.0.0.1"
+    assert options["securePort"] and options["kubeAuthorization"] and options["kubeAdmission"]
+
+
+def test_node_manifest_advertises_eight_npus() -> None:
+    node = localcluster.node_manifest("n0", 0)
+    for field in ("capacity", "allocatable"):
+        assert node["status"][field] == {"cpu": "96", "memory": "512Gi", "pods": "110", NPU: "8"}
+    labels = node["metadata"]["labels"]
+    assert labels["node.kubernetes.io/instance-type"] == "ascend-910"
+    assert labels["accelerator"] == "huawei-Ascend910"
+    assert labels["type"] == "kwok"
+    assert localcluster.node_manifest("n", 1, npus=4)["status"]["allocatable"][NPU] == "4"
+
+
+def test_nodes_get_distinct_ips_and_pod_cidrs() -> None:
+    nodes = [localcluster.node_manifest(f"n{i}", i) for i in range(8)]
+    ips = [n["status"]["addresses"][0]["address"] for n in nodes]
+    cidrs = [ipaddress.ip_network(n["spec"]["podCIDR"]) for n in nodes]
+    assert len(set(ips)) == len(ips) and len(set(cidrs)) == len(cidrs)
+    assert not any(a.overlaps(b) for i, a in enumerate(cidrs) for b in cidrs[i + 1 :])
+    assert all(ipaddress.ip_address(ip) not in c for ip in ips for c in cidrs)
+    assert [localcluster.node_slot(n) for n in nodes] == list(range(8))
+
+
+def test_node_slot_falls_back_to_pod_cidr_and_free_slot_fills_gaps() -> None:
+    node = localcluster.node_manifest("n", 5)
+    del node["metadata"]["annotations"][localcluster.SLOT_ANNOTATION]
+    assert localcluster.node_slot(node) == 5
+    assert localcluster.node_slot({"metadata": {}, "spec": {}}) is None
+    assert localcluster.free_slot([0, 1, 3]) == 2
+    assert localcluster.free_slot([]) == 0
+    with pytest.raises(ValueError):
+        localcluster.node_ip(localcluster.MAX_NODES)
+
+
+def test_default_node_names() -> None:
+    assert localcluster.default_node_names(2) == ["ascend-node-0", "ascend-node-1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration tests: the real control plane
+
+
+@pytest.mark.integration
+def test_nodes_are_ready_with_npus(kubectl: Any, cluster: Any) -> None:
+    nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+    assert set(cluster.nodes) <= set(nodes)
+    ips = set()
+    for name in cluster.nodes:
+        node = nodes[name]
+        assert condition(node, "Ready")["status"] == "True"
+        assert node["status"]["allocatable"][NPU] == "8"
+        ips.add(
+            next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+        )
+    assert len(ips) == len(cluster.nodes)
+
+
+@pytest.mark.integration
+def test_pod_with_eight_npus_runs_on_a_fake_node(kubectl: Any, namespace: str) -> None:
+    kubectl.apply(npu_pod("eight", 8), "-n", namespace)
+
+    def running() -> dict[str, Any] | None:
+        pod = kubectl.json("get", "pod", "eight", "-n", namespace)
+        return (
+            pod if pod["status"].get("phase") == "Running" and pod["status"].get("podIP") else None
+        )
+
+    pod = wait_for("pod eight to run", running)
+    node = kubectl.json("get", "node", pod["spec"]["nodeName"])
+    assert node["metadata"]["labels"]["type"] == "kwok"
+    assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(
+        node["spec"]["podCIDR"]
+    )
+    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+    assert pod["status"]["hostIP"] == node_ip
+    assert condition(pod, "Ready")["status"] == "True"
+
+
+@pytest.mark.integration
+def test_pod_with_nine_npus_is_unschedulable(kubectl: Any, namespace: str) -> None:
+    kubectl.apply(npu_pod("nine", 9), "-n", namespace)
+
+    def unschedulable() -> dict[str, Any] | None:
+        pod = kubectl.json("get", "pod", "nine", "-n", namespace)
+        cond = condition(pod, "PodScheduled")
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = wait_for("PodScheduled=False", unschedulable)
+    assert cond["reason"] == "Unschedulable"
+    assert f"Insufficient {NPU}" in cond["message"]
+    pod = kubectl.json("get", "pod", "nine", "-n", namespace)
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+
+
+@pytest.mark.integration
+def test_kwok_leaves_a_failed_pod_failed(kubectl: Any, namespace: str) -> None:
+    kubectl.apply(npu_pod("doomed", 1), "-n", namespace)
+    wait_for(
+        "pod doomed to run",
+        lambda: (
+            kubectl.json("get", "pod", "doomed", "-n", namespace)["status"].get("phase")
+            == "Running"
+        ),
+    )
+    patch = {"status": {"phase": "Failed", "reason": "Error", "message": "injected by a test"}}
+    kubectl(
+        "patch",
+        "pod",
+        "doomed",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
+    time.sleep(3)
+    pod = kubectl.json("get", "pod", "doomed", "-n", namespace)
+    assert pod["status"]["phase"] == "Failed"
+    assert pod["status"]["message"] == "injected by a test"
+
+
+@pytest.mark.integration
+def test_service_account_token_and_rbac(kubectl: Any, namespace: str, tmp_path: Path) -> None:
+    kubectl("create", "serviceaccount", "reader", "-n", namespace)
+    kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
+    kubectl(
+        "create",
+        "rolebinding",
+        "pod-reader",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader",
+        "-n",
+        namespace,
+    )
+    kubectl("create", "secret", "generic", "hidden", "--from-literal=k=v", "-n", namespace)
+    token = kubectl("create", "token", "reader", "-n", namespace).stdout.strip()  # TokenRequest
+    assert token.count(".") == 2
+
+    # A kubeconfig with the token only (the admin's client certificate would win otherwise).
+    server = kubectl.json("config", "view", "--raw", "--minify")["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": server}],
+        "users": [{"name": "reader", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "reader",
+                "context": {"cluster": "local", "user": "reader", "namespace": namespace},
+            }
+        ],
+        "current-context": "reader",
+    }
+    (tmp_path / "reader.kubeconfig").write_text(json.dumps(config))
+    reader = type(kubectl)(kubectl.binary, tmp_path / "reader.kubeconfig")
+
+    who = reader.json("auth", "whoami")
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
+    wait_for(
+        "pods readable", lambda: reader("get", "pods", check=False).returncode == 0, timeout=10
+    )
+    denied = reader("get", "secret", "hidden", check=False)
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    assert reader("auth", "can-i", "get", "secrets", check=False).stdout.strip() == "no"
+
+
+@pytest.mark.integration
+def test_crd_with_cel_validation_and_status_subresource(kubectl: Any, namespace: str) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.example.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {"replicas": {"type": "integer"}},
+                                    "x-kubernetes-validations": [
+                                        {
+                                            "rule": "self.replicas <= 4",
+                                            "message": "at most 4 replicas",
+                                        }
+                                    ],
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "properties": {"phase": {"type": "string"}},
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    kubectl.apply(crd)
+    try:
+        kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
+
+        def widget(name: str, replicas: int) -> dict[str, Any]:
+            return {
+                "apiVersion": f"{group}/v1",
+                "kind": "Widget",
+                "metadata": {"name": name},
+                "spec": {"replicas": replicas},
+            }
+
+        bad = kubectl("apply", "-n", namespace, "-f", "-", input=widget("big", 5), check=False)
+        assert bad.returncode != 0 and "at most 4 replicas" in bad.stderr
+        # The new resource's discovery may lag Established by a moment.
+        wait_for(
+            "widget created",
+            lambda: (
+                kubectl(
+                    "apply", "-n", namespace, "-f", "-", input=widget("ok", 2), check=False
+                ).returncode
+                == 0
+            ),
+            timeout=15,
+        )
+        kubectl(
+            "patch",
+            f"widgets.{group}",
+            "ok",
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"phase": "Running"}}',
+        )
+        got = kubectl.json("get", f"widgets.{group}", "ok", "-n", namespace)
+        assert got["status"]["phase"] == "Running"
+    finally:
+        kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
+
+
+@pytest.mark.integration
+def test_owner_reference_garbage_collection(kubectl: Any, namespace: str) -> None:
+    kubectl("create", "configmap", "owner", "-n", namespace)
+    owner = kubectl.json("get", "configmap", "owner", "-n", namespace)
+    child = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                }
+            ],
+        },
+    }
+    kubectl.apply(child, "-n", namespace)
+    kubectl("delete", "configmap", "owner", "-n", namespace)
+    wait_for(
+        "child to be garbage-collected",
+        lambda: kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0,
+        timeout=60,
+    )
+
+
+@pytest.mark.integration
+def test_add_and_delete_node(cluster: Any, kubectl: Any, namespace: str) -> None:
+    name = f"extra-{uuid.uuid4().hex[:6]}"
+    localcluster.add_node(cluster, name, npus=2)
+    try:
+        node = kubectl.json("get", "node", name)
+        assert condition(node, "Ready")["status"] == "True"
+        assert node["status"]["allocatable"][NPU] == "2"
+        others = [n for n in kubectl.json("get", "nodes")["items"] if n["metadata"]["name"] != name]
+        assert node["spec"]["podCIDR"] not in {n["spec"].get("podCIDR") for n in others}
+        kubectl.apply(
+            npu_pod("pinned", 2, nodeSelector={"kubernetes.io/hostname": name}), "-n", namespace
+        )
+        wait_for(
+            "pinned pod to run",
+            lambda: (
+                kubectl.json("get", "pod", "pinned", "-n", namespace)["status"].get("phase")
+                == "Running"
+            ),
+        )
+    finally:
+        localcluster.delete_node(cluster, name)
+    assert kubectl("get", "node", name, check=False).returncode != 0
+    # The pod stays bound to the missing node until the pod garbage collector removes it.
+    pod = kubectl.json("get", "pod", "pinned", "-n", namespace)
+    assert pod["spec"]["nodeName"] == name
