@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from densenet_operator import naming, ranktable
@@ -46,7 +47,7 @@ def _devices_per_replica(pods: Sequence[Mapping[str, Any]]) -> int | None:
 
 
 def rank_table_command(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
         pods = _pods_for_table(json.loads(text))
     except ValueError as error:

@@ -147,9 +147,11 @@ def plan(
     stale = [p for p in live if p.gang != restarts]
     initializing = ranktable.dumps(ranktable.initializing_table())
 
-    def transition(to: str, reason: str, message: str, event_type: str = "Normal") -> None:
+    def transition(
+        to: str, reason: str, message: str, event_type: str = "Normal", record: bool = True
+    ) -> None:
         nonlocal conditions
-        if to != phase or new.get("reason") != reason:
+        if record and (to != phase or new.get("reason") != reason):
             result.events.append(Event(event_type, reason, message))
         new["phase"], new["reason"], new["message"] = to, reason, message
         conditions = set_phase_conditions(conditions, to, reason, message, now)
@@ -222,8 +224,9 @@ def plan(
     failures = [
         classify_failure(p, policy) for p in sorted(current, key=_order) if p.phase == FAILED
     ]
-    gang_started = phase in (RUNNING,) or any(p.phase in (RUNNING, SUCCEEDED) for p in current)
-    if not failures and gang_started and phase != RESTARTING:
+    # A missing pod is a loss only once the whole gang has been seen running; before that it
+    # is still to be created (e.g. by an operator that was killed mid-creation).
+    if not failures and phase == RUNNING:
         failures = [
             _vanished(naming.pod_name(job.ref.name, index))
             for index in range(spec.replicas)
@@ -329,7 +332,8 @@ def plan(
         if phase == RESTARTING:
             new["phase"], new["reason"], new["message"] = RESTARTING, "GangRestart", message
         else:
-            transition(PENDING, reason, message, "Warning" if unschedulable else "Normal")
+            # Waiting for pods to start is no news; being unschedulable is.
+            transition(PENDING, reason, message, "Warning", record=bool(unschedulable))
 
     # 7. The rank table, from the current gang only.
     if spec.uses_rank_table:

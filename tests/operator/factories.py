@@ -1,0 +1,81 @@
+"""Pods and jobs as the API server would serve them, for the operator's unit tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from densenet_operator import naming
+from densenet_operator.spec import Job, JobRef, parse_spec
+
+JOB = JobRef(name="dn161", namespace="team-a", uid="uid-1")
+
+
+def make_job(**spec: Any) -> Job:
+    body: dict[str, Any] = {"model": "densenet161", "data": {"path": "/data/imagenet"}, **spec}
+    return Job(ref=JOB, spec=parse_spec(body, default_image="trainer:test"), generation=1)
+
+
+def device_annotation(
+    index: int, devices: int, *, server_id: str | None = None, first_id: int = 0
+) -> str:
+    return json.dumps(
+        {
+            "pod_name": naming.pod_name(JOB.name, index),
+            "server_id": server_id if server_id is not None else f"10.0.0.{11 + index}",
+            "devices": [
+                {
+                    "device_id": str(first_id + d),
+                    "device_ip": f"192.168.{100 + d % 4}.{101 + index}",
+                }
+                for d in range(devices)
+            ],
+        }
+    )
+
+
+def make_pod(
+    index: int,
+    *,
+    devices: int = 8,
+    phase: str = "Running",
+    gang: int = 0,
+    pod_ip: str | None = "auto",
+    host_ip: str | None = "auto",
+    annotation: str | None = "auto",
+    exit_code: int | None = None,
+    reason: str | None = None,
+    terminating: bool = False,
+) -> dict[str, Any]:
+    annotations = {}
+    if annotation == "auto":
+        annotation = device_annotation(index, devices)
+    if annotation is not None:
+        annotations[naming.ASCEND_CONFIG_ANNOTATION] = annotation
+    status: dict[str, Any] = {"phase": phase}
+    if pod_ip is not None:
+        status["podIP"] = f"10.244.{index}.7" if pod_ip == "auto" else pod_ip
+    if host_ip is not None:
+        status["hostIP"] = f"10.0.0.{11 + index}" if host_ip == "auto" else host_ip
+    if reason:
+        status["reason"] = reason
+    if exit_code is not None:
+        status["containerStatuses"] = [
+            {
+                "name": naming.TRAINER_CONTAINER,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
+            }
+        ]
+    metadata: dict[str, Any] = {
+        "name": naming.pod_name(JOB.name, index),
+        "namespace": JOB.namespace,
+        "labels": {
+            naming.LABEL_JOB: JOB.name,
+            naming.LABEL_REPLICA_INDEX: str(index),
+            naming.LABEL_GANG: str(gang),
+        },
+        "annotations": annotations,
+    }
+    if terminating:
+        metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": metadata, "spec": {"nodeName": f"node-{index}"}, "status": status}

@@ -1,0 +1,129 @@
+from densenet_operator import naming, pods, rbac, service
+
+from tests.operator.factories import JOB, make_job
+
+
+def env_of(pod):
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]
+    }
+
+
+def test_ascend_pod_is_wired_for_hccl():
+    job = make_job(replicas=2)
+    pod = pods.build_pod(job, 1, gang=3)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "dn161-worker-1"
+    assert meta["labels"][naming.LABEL_JOB] == "dn161"
+    assert meta["labels"][naming.LABEL_REPLICA_INDEX] == "1"
+    assert meta["labels"][naming.LABEL_GANG] == "3"
+    assert meta["ownerReferences"][0]["uid"] == JOB.uid and meta["ownerReferences"][0]["controller"]
+    assert spec["restartPolicy"] == "Never"
+    assert (spec["hostname"], spec["subdomain"]) == ("dn161-worker-1", "dn161")
+    assert spec["serviceAccountName"] == "dn161-trainer"
+    container = spec["containers"][0]
+    assert container["resources"]["requests"]["huawei.com/Ascend910"] == "8"
+    assert container["resources"]["limits"]["huawei.com/Ascend910"] == "8"
+    env = env_of(pod)
+    assert env["MASTER_ADDR"] == "dn161-worker-0.dn161"
+    assert env["MASTER_PORT"] == "29500"
+    assert (env["NNODES"], env["NODE_RANK"], env["NPROC_PER_NODE"], env["WORLD_SIZE"]) == (
+        "2",
+        "1",
+        "8",
+        "16",
+    )
+    assert env["RANK_TABLE_FILE"] == "/user/serverid/devindex/config/hccl.json"
+    assert env["DEVICE_TYPE"] == "ascend"
+    assert env["HCCL_IF_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/user/serverid/devindex/config"]["readOnly"]
+    assert "/dev/shm" in mounts and "/usr/local/Ascend/driver" in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["rank-table"]["configMap"]["name"] == "rings-config-dn161"
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["ascend-driver"]["hostPath"]["path"] == "/usr/local/Ascend/driver"
+
+
+def test_trainer_args_carry_the_recipe():
+    job = make_job(
+        recipe={
+            "epochs": 5,
+            "batchSize": 32,
+            "lr": 0.8,
+            "weightDecay": 0.0001,
+            "maxSteps": 100,
+            "lrSchedule": {"type": "cosine"},
+            "extraArgs": ["--seed", "7"],
+        },
+        checkpoint={"path": "/ckpt/"},
+    )
+    args = pods.build_pod(job, 0)["spec"]["containers"][0]["args"]
+    flags = dict(zip(args[::2], args[1::2], strict=False))
+    assert flags["--arch"] == "densenet161" and flags["--device"] == "npu"
+    assert flags["--epochs"] == "5" and flags["--batch-size"] == "32"
+    assert flags["--lr"] == "0.8" and flags["--weight-decay"] == "0.0001"
+    assert flags["--lr-schedule"] == "cosine"
+    assert flags["--checkpoint-dir"] == "/ckpt/dn161"
+    assert "--amp" in args
+    assert args[args.index("--max-train-steps") + 1] == "100"
+    assert args[args.index("--data") + 1] == "/data/imagenet"
+    assert args[-2:] == ["--seed", "7"]
+
+
+def test_cpu_pod_requests_no_device_and_mounts_no_driver():
+    job = make_job(
+        device={"type": "cpu"},
+        devicesPerReplica=2,
+        data={"synthetic": True},
+        scheduling={"resources": {"requests": {"cpu": "2"}}},
+    )
+    container = pods.build_pod(job, 0)["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "2"}}
+    assert "--synthetic" in container["args"] and "--data" not in container["args"]
+    assert container["args"][container["args"].index("--device") + 1] == "cpu"
+    assert not any("Ascend" in m["mountPath"] for m in container["volumeMounts"])
+    assert "HCCL_IF_IP" not in env_of(pods.build_pod(job, 0))
+
+
+def test_data_and_checkpoint_volumes_and_user_env_and_scheduling():
+    job = make_job(
+        data={"path": "/data", "volume": {"persistentVolumeClaim": {"claimName": "imagenet"}}},
+        checkpoint={"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}},
+        env=[{"name": "HCCL_CONNECT_TIMEOUT", "value": "1200"}],
+        scheduling={
+            "nodeSelector": {"pool": "a"},
+            "tolerations": [{"key": "npu", "operator": "Exists"}],
+            "schedulerName": "volcano",
+            "priorityClassName": "high",
+        },
+    )
+    pod = pods.build_pod(job, 0)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "imagenet"
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "ckpt"
+    env = pod["spec"]["containers"][0]["env"]
+    assert env[-1] == {"name": "HCCL_CONNECT_TIMEOUT", "value": "1200"}  # the user's wins: last
+    assert pod["spec"]["nodeSelector"] == {"pool": "a"}
+    assert pod["spec"]["schedulerName"] == "volcano"
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == "dn161"
+
+
+def test_headless_service_selects_the_job():
+    svc = service.build_service(JOB)
+    assert svc["metadata"]["name"] == "dn161"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {naming.LABEL_JOB: "dn161"}
+
+
+def test_trainer_role_is_limited_to_its_own_job():
+    role = rbac.build_role(JOB)
+    for rule in role["rules"]:
+        assert rule["resourceNames"] in (["dn161"], ["rings-config-dn161"])
+        assert set(rule["verbs"]) <= {"get", "patch"}
+    assert not any("secrets" in r["resources"] for r in role["rules"])
+    binding = rbac.build_role_binding(JOB)
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "dn161-trainer", "namespace": "team-a"}
+    ]
