@@ -1,0 +1,229 @@
+"""The operator against the real local control plane: kube-apiserver, scheduler, controller
+manager and KWOK nodes advertising huawei.com/Ascend910."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from densenet_operator.spec import parse_spec
+
+from tests.operator.conftest import ROOT, Jobs, wait_for
+
+pytestmark = pytest.mark.integration
+EXAMPLES = ROOT / "examples"
+
+
+def apply_file(jobs: Jobs, path: Path) -> str:
+    jobs.kubectl("apply", "-n", jobs.namespace, "-f", str(path))
+    return yaml.safe_load(path.read_text())["metadata"]["name"]
+
+
+def owned_by(obj: dict[str, Any], job: dict[str, Any]) -> bool:
+    return any(
+        ref["uid"] == job["metadata"]["uid"] for ref in obj["metadata"].get("ownerReferences", ())
+    )
+
+
+def test_densenet161_8p_example_becomes_wired_pods_and_a_completed_rank_table(jobs: Jobs) -> None:
+    name = apply_file(jobs, EXAMPLES / "densenet161-8p.yaml")
+    (pod,) = jobs.wait_running_pods(name, 1)
+    job = jobs.get(name)
+    assert pod["metadata"]["name"] == "densenet161-8p-worker-0"
+    assert pod["spec"]["nodeName"].startswith(("kwok-", "ascend-"))  # placed by the real scheduler
+    for kind, child in [("service", name), ("serviceaccount", f"{name}-trainer"), ("role", f"{name}-trainer"),
+                        ("rolebinding", f"{name}-trainer"), ("configmap", f"rings-config-{name}")]:  # fmt: skip
+        obj = jobs.kubectl.json("get", kind, child, "-n", jobs.namespace)
+        assert owned_by(obj, job), f"{kind}/{child} is not owned by the job"
+        assert obj["metadata"]["labels"]["training.densenet.dev/job-name"] == name
+    assert owned_by(pod, job)
+
+    # Without the device plugin's annotation the table stays initializing, and says why.
+    assert jobs.rank_table(name) == {"status": "initializing"}
+    waiting = wait_for(
+        lambda: jobs.status(name).get("rankTable", {}).get("waitingFor"), what="waitingFor"
+    )
+    assert "densenet161-8p-worker-0: has no ascend-910-configuration annotation" in waiting[0]
+
+    jobs.annotate_devices(pod, 8)
+    table = wait_for(
+        lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
+    )
+    (server,) = table["server_list"]
+    assert server["container_ip"] == pod["status"]["podIP"]
+    assert server["server_id"] == pod["status"]["hostIP"]
+    assert [d["rank_id"] for d in server["device"]] == [str(i) for i in range(8)]
+    status = wait_for(
+        lambda: (s := jobs.status(name)).get("rankTable", {}).get("status") == "completed" and s
+    )
+    assert status["phase"] == "Running"
+    assert status["worldSize"] == 8
+    assert {c["type"]: c["status"] for c in status["conditions"]}["RankTableReady"] == "True"
+
+    table_out = jobs.kubectl("get", "densenettrainings", "-n", jobs.namespace).stdout.splitlines()
+    assert table_out[0].split() == [
+        "NAME",
+        "PHASE",
+        "MODEL",
+        "DEVICES",
+        "EPOCH",
+        "FPS",
+        "ACC@1",
+        "AGE",
+    ]
+    assert table_out[1].split()[:4] == [name, "Running", "densenet161", "8"]
+    events = jobs.kubectl("get", "events", "-n", jobs.namespace, "--field-selector",
+                          f"involvedObject.name={name}", "-o", "json")  # fmt: skip
+    assert "RankTableCompleted" in {e["reason"] for e in json.loads(events.stdout)["items"]}
+
+
+def test_two_servers_make_sixteen_ranks_and_recreated_pods_regenerate_the_table(jobs: Jobs) -> None:
+    name = apply_file(jobs, EXAMPLES / "densenet161-16p.yaml")
+    pods = jobs.wait_running_pods(name, 2)
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2  # 8 NPUs per node: one pod each
+    for pod in pods:
+        jobs.annotate_devices(pod, 8)
+    table = wait_for(
+        lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
+    )
+    ranks = [d["rank_id"] for s in table["server_list"] for d in s["device"]]
+    assert ranks == [str(i) for i in range(16)]
+    assert [s["container_ip"] for s in table["server_list"]] == [p["status"]["podIP"] for p in pods]
+
+    # Deleting a pod of the running gang recreates the gang; the table goes back to initializing.
+    old_uids = {p["metadata"]["uid"] for p in pods}
+    jobs.kubectl("delete", "pod", pods[1]["metadata"]["name"], "-n", jobs.namespace, "--wait=false")
+    wait_for(lambda: jobs.rank_table(name).get("status") == "initializing", what="table reset")
+
+    def new_gang() -> list[dict[str, Any]] | None:
+        fresh = [p for p in jobs.live_pods(name) if p["metadata"]["uid"] not in old_uids]
+        running = [
+            p for p in fresh if p["status"].get("phase") == "Running" and p["status"].get("podIP")
+        ]
+        return running if len(running) == 2 else None
+
+    new_pods = wait_for(new_gang, timeout=90, what="the new gang")
+    assert all(p["metadata"]["labels"]["training.densenet.dev/gang"] == "1" for p in new_pods)
+    assert jobs.rank_table(name) == {"status": "initializing"}
+    for pod in new_pods:
+        jobs.annotate_devices(pod, 8)
+    table = wait_for(
+        lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
+    )
+    by_index = sorted(
+        new_pods, key=lambda p: int(p["metadata"]["labels"]["training.densenet.dev/replica-index"])
+    )
+    assert [s["container_ip"] for s in table["server_list"]] == [
+        p["status"]["podIP"] for p in by_index
+    ]
+    assert jobs.status(name)["restarts"] == 1
+
+
+def test_a_bad_device_ip_is_never_published(jobs: Jobs) -> None:
+    name = apply_file(jobs, EXAMPLES / "densenet161-8p.yaml")
+    (pod,) = jobs.wait_running_pods(name, 1)
+    jobs.annotate_devices(pod, 8, device_ip="-1")
+    waiting = wait_for(
+        lambda: any(
+            "IP -1" in w for w in jobs.status(name).get("rankTable", {}).get("waitingFor", [])
+        ),
+        what="the -1 device IP to be reported",
+    )
+    assert waiting
+    assert jobs.rank_table(name) == {"status": "initializing"}
+
+
+def small_job(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "training.densenet.dev/v1alpha1",
+        "kind": "DenseNetTraining",
+        "metadata": {"name": name},
+        "spec": {
+            "model": "densenet121",
+            "replicas": 2,
+            "devicesPerReplica": 8,
+            "data": {"synthetic": True},
+            **spec,
+        },
+    }
+
+
+def test_pods_succeeding_make_the_job_succeed(jobs: Jobs) -> None:
+    jobs.kubectl.apply(small_job("ok"), "-n", jobs.namespace)
+    pods = jobs.wait_running_pods("ok", 2)
+    for pod in pods:
+        jobs.set_pod_phase(pod["metadata"]["name"], "Succeeded", exit_code=0)
+    status = jobs.wait_phase("ok", "Succeeded")
+    assert status["reason"] == "AllPodsSucceeded"
+    assert status["completionTime"]
+    assert status["pods"]["succeeded"] == 2
+
+
+def test_a_pod_failing_with_a_permanent_code_fails_the_job(jobs: Jobs) -> None:
+    jobs.kubectl.apply(small_job("bad"), "-n", jobs.namespace)
+    pods = jobs.wait_running_pods("bad", 2)
+    jobs.set_pod_phase(pods[0]["metadata"]["name"], "Failed", exit_code=2)
+    status = jobs.wait_phase("bad", "Failed")
+    assert status["reason"] == "PermanentFailure"
+    assert "bad-worker-0 failed (exit code 2" in status["message"]
+    assert status.get("restarts", 0) == 0
+
+
+def test_schema_defaults_are_the_models_defaults(jobs: Jobs) -> None:
+    minimal = small_job("defaults")
+    del minimal["spec"]["replicas"], minimal["spec"]["devicesPerReplica"]
+    jobs.kubectl.apply(minimal, "-n", jobs.namespace)
+    served = jobs.get("defaults")["spec"]
+    assert served["recipe"]["lr"] == 0.1 and served["runPolicy"]["backoffLimit"] == 3
+    assert parse_spec(served, default_image="x") == parse_spec(minimal["spec"], default_image="x")
+
+
+def _token_kubeconfig(kubectl: Any, namespace: str, service_account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates only with the ServiceAccount's TokenRequest token."""
+    token = kubectl(
+        "create", "token", service_account, "-n", namespace, "--duration=10m"
+    ).stdout.strip()
+    admin = kubectl.json("config", "view", "--raw", "--minify")
+    cluster = admin["clusters"][0]["cluster"]
+    ca = (
+        cluster.get("certificate-authority-data")
+        or base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()
+    )
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": {"server": cluster["server"], "certificate-authority-data": ca}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
+    }))  # fmt: skip
+    return path
+
+
+def test_trainer_identity_patches_only_its_own_job(jobs: Jobs, tmp_path: Path) -> None:
+    jobs.kubectl.apply([small_job("mine"), small_job("other")], "-n", jobs.namespace)
+    wait_for(
+        lambda: (
+            jobs.kubectl(
+                "get", "rolebinding", "mine-trainer", "-n", jobs.namespace, check=False
+            ).returncode
+            == 0
+        )
+    )
+    kubeconfig = _token_kubeconfig(
+        jobs.kubectl, jobs.namespace, "mine-trainer", tmp_path / "sa.kubeconfig"
+    )
+    as_trainer = type(jobs.kubectl)(jobs.kubectl.binary, kubeconfig)
+    patch = json.dumps({"status": {"training": {"epoch": 3, "fps": 123.5, "acc1": 71.2}}})
+    as_trainer("patch", "dnt", "mine", "--subresource=status", "--type=merge", "-p", patch)
+    assert jobs.status("mine")["training"] == {"epoch": 3, "fps": 123.5, "acc1": 71.2}
+    denied = as_trainer(
+        "patch", "dnt", "other", "--subresource=status", "--type=merge", "-p", patch, check=False
+    )
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    secrets = as_trainer("get", "secrets", check=False)
+    assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
+    assert as_trainer("get", "configmap", "rings-config-mine").returncode == 0
+    assert as_trainer("get", "configmap", "rings-config-other", check=False).returncode != 0
