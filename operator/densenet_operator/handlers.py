@@ -48,7 +48,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
 
     async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
-        return await reconciler.reconcile(body, list(memo.pod_index.get(key, ())))
+        try:
+            return await reconciler.reconcile(body, list(memo.pod_index.get(key, ())))
+        except Exception as error:
+            # Visible in `kubectl describe dnt`, not only in the operator's log; retried.
+            _record(body, Event("Warning", "ReconcileError", str(error)[:1024]))
+            raise
 
     memo.api = api
     memo.reconciler = reconciler

@@ -17,9 +17,9 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from densenet_operator import lifecycle, naming, pods, ranktable, rbac, service
-from densenet_operator.spec import GROUP, PLURAL, VERSION, Job, parse_job
-from densenet_operator.status import PodState, now_utc
+from densenet_operator import lifecycle, naming, podgroup, pods, ranktable, rbac, service
+from densenet_operator.spec import GROUP, PLURAL, VERSION, Job, SpecError, parse_job
+from densenet_operator.status import FAILED, PodState, format_time, now_utc
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
@@ -81,6 +81,8 @@ class Reconciler:
                 for create, body in creates
             )
         )
+        if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:
+            await self._ensure_pod_group(job)
         content = ranktable.initial_content(job.spec)
         created = await self._call(
             self.core.create_namespaced_config_map,
@@ -99,6 +101,37 @@ class Reconciler:
         self.tables[job.ref.uid] = content
         self.ensured.add(job.ref.uid)
 
+    async def _refuse(self, body: Mapping[str, Any], error: SpecError) -> Any:
+        """A spec the schema let through but the operator cannot run: Failed, once."""
+        status = body.get("status") or {}
+        if status.get("phase") == FAILED:
+            return None
+        meta = body["metadata"]
+        message = f"invalid spec: {error}"
+        self.record(body, lifecycle.Event("Warning", "InvalidSpec", message))
+        patch = {"phase": FAILED, "reason": "InvalidSpec", "message": message,
+                 "completionTime": format_time(now_utc())}  # fmt: skip
+        return await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch},
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+
+    async def _ensure_pod_group(self, job: Job) -> None:
+        try:
+            await self._call(
+                self.custom.create_namespaced_custom_object,
+                podgroup.GROUP, podgroup.VERSION, job.ref.namespace, podgroup.PLURAL,
+                podgroup.build_pod_group(job), ok=(409,), _preload_content=False,
+            )  # fmt: skip
+        except ApiException as error:
+            if error.status == 404:
+                raise RuntimeError(
+                    "schedulerName is volcano but the PodGroup API (scheduling.volcano.sh/v1beta1) "
+                    "is not installed: install Volcano, or drop spec.scheduling.schedulerName"
+                ) from None
+            raise
+
     def forget(self, uid: str) -> None:
         self.ensured.discard(uid)
         self.tables.pop(uid, None)
@@ -108,9 +141,12 @@ class Reconciler:
     ) -> tuple[dict[str, Any] | None, float | None]:
         """One pass for one job. Returns (the job as patched, if its status was written;
         seconds until the next pass is due, if a deadline or TTL is pending)."""
-        job = parse_job(dict(body), default_image=self.default_image)
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return None, None
+        try:
+            job = parse_job(dict(body), default_image=self.default_image)
+        except SpecError as error:
+            return await self._refuse(body, error), None
         await self.ensure_children(job)
         states = [PodState.from_pod(p) for p in pod_bodies]
         old_status = dict(body.get("status") or {})
