@@ -214,12 +214,6 @@ def node_manifest(
                 {"type": "InternalIP", "address": node_ip(slot)},
                 {"type": "Hostname", "address": name},
             ],
-            "nodeInfo": {
-                "architecture": "amd64",
-                "operatingSystem": "linux",
-                "kubeletVersion": "fake",
-                "kubeProxyVersion": "fake",
-            },
         },
     }
 
@@ -358,21 +352,21 @@ def component_pids(name: str = DEFAULT_NAME) -> dict[str, int]:
 
 
 def _processes_under(path: Path) -> list[int]:
-    """Pids of processes whose command line names a path inside the cluster's directory.
+    """Pids of processes running a binary from the cluster's `bin` directory.
 
-    kwokctl starts every component with its flags pointing into the cluster directory
-    (certificates, kubeconfig, data dir), so this finds strays whose pid file is gone.
+    kwokctl runs every component through a link in `<cluster dir>/bin/`, so this finds the
+    components whose pid file is gone, and nothing else.
     """
-    needle = str(path).encode() + b"/"
+    prefix = str(path / "bin").encode() + b"/"
     found = []
     for proc_dir in Path("/proc").iterdir():
         if not proc_dir.name.isdigit() or int(proc_dir.name) == os.getpid():
             continue
         try:
-            cmdline = (proc_dir / "cmdline").read_bytes()
+            argv0 = (proc_dir / "cmdline").read_bytes().split(b"\0", 1)[0]
         except OSError:
             continue
-        if needle in cmdline and _pid_alive(int(proc_dir.name)):
+        if argv0.startswith(prefix) and _pid_alive(int(proc_dir.name)):
             found.append(int(proc_dir.name))
     return found
 
@@ -486,24 +480,43 @@ def add_node(
     labels: Mapping[str, str] | None = None,
     wait: bool = True,
     timeout: float = 60,
-) -> dict[str, Any]:
-    """Create a fake Ascend node (a free slot gives it a distinct IP and podCIDR)."""
+) -> str:
+    """Create a fake Ascend node (a free slot gives it a distinct IP and podCIDR).
+
+    Returns the node's name; `node_manifest` shows what it looks like.
+    """
     used = [s for n in _list_nodes(cluster) if (s := node_slot(n)) is not None]
     manifest = node_manifest(name, free_slot(used), npus=npus, labels=labels)
     cluster.kubectl("create", "-f", "-", input=json.dumps(manifest))
     if wait:
         wait_nodes_ready(cluster, [name], timeout=timeout)
-    return manifest
+    return name
 
 
-def delete_node(cluster: Cluster, name: str, *, wait: bool = True, timeout: float = 60) -> None:
-    """Delete a node, as a cloud provider would after the machine died.
+def pods_on_node(cluster: Cluster, node: str) -> list[dict[str, Any]]:
+    return cluster.kubectl_json(
+        "get", "pods", "--all-namespaces", "--field-selector", f"spec.nodeName={node}"
+    )["items"]
 
-    The node object goes at once; its pods stay bound to it until kube-controller-manager's
-    pod garbage collector (orphaned pods, after its 40 s quarantine) marks them Failed with a
-    DisruptionTarget condition and deletes them. Tests that do not want to wait can do that
-    themselves.
+
+def delete_node(
+    cluster: Cluster,
+    node: str | Mapping[str, Any],
+    *,
+    gc_pods: bool = False,
+    wait: bool = True,
+    timeout: float = 60,
+) -> None:
+    """Delete a node, as a cloud provider does once the machine is gone.
+
+    The node object goes at once. Its pods stay bound to it, phase unchanged, until
+    kube-controller-manager's pod garbage collector finds them orphaned (a 40 s quarantine,
+    checked every 20 s: about 45 s here), marks them Failed with condition DisruptionTarget
+    (reason DeletionByPodGC) and deletes them with grace period 0. `gc_pods=True` does that at
+    once instead, for tests that do not want to wait. `node` is a name or a Node object.
     """
+    name = node if isinstance(node, str) else node["metadata"]["name"]
+    pods = pods_on_node(cluster, name) if gc_pods else []
     cluster.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
     if wait:
 
@@ -512,6 +525,126 @@ def delete_node(cluster: Cluster, name: str, *, wait: bool = True, timeout: floa
             return proc.returncode != 0 and "NotFound" in proc.stderr
 
         _wait(f"node {name} to be deleted", gone, timeout)
+    for pod in pods:
+        meta = pod["metadata"]
+        if pod["status"].get("phase") not in ("Succeeded", "Failed"):
+            set_pod_phase(
+                cluster,
+                meta["namespace"],
+                meta["name"],
+                "Failed",
+                exit_code=137,
+                reason="DeletionByPodGC",
+                message="PodGC: node no longer exists",
+                condition={
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "DeletionByPodGC",
+                    "message": "PodGC: node no longer exists",
+                },
+                check=False,
+            )
+        cluster.kubectl(
+            "delete",
+            "pod",
+            meta["name"],
+            "-n",
+            meta["namespace"],
+            "--grace-period=0",
+            "--force",
+            "--ignore-not-found",
+            "--wait=false",
+            check=False,
+        )
+
+
+def set_pod_phase(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    phase: str,
+    *,
+    exit_code: int | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+    condition: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Move a pod to a terminal phase as a kubelet would; KWOK leaves terminal pods alone.
+
+    Patches the status subresource: phase, reason, message, Ready/ContainersReady False and
+    every container terminated with `exit_code` (default 0 for Succeeded, 1 for Failed).
+    """
+    if phase not in ("Succeeded", "Failed"):
+        raise ValueError(f"phase must be Succeeded or Failed, not {phase!r}")
+    pod = cluster.kubectl_json("get", "pod", name, "-n", namespace)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    code = exit_code if exit_code is not None else (0 if phase == "Succeeded" else 1)
+    term_reason = "Completed" if code == 0 else "Error"
+    old = {c["name"]: c for c in pod["status"].get("containerStatuses") or []}
+    statuses = []
+    for container in pod["spec"]["containers"]:
+        started = (old.get(container["name"], {}).get("state", {}).get("running") or {}).get(
+            "startedAt", now
+        )
+        statuses.append(
+            {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": old.get(container["name"], {}).get("restartCount", 0),
+                "state": {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": term_reason,
+                        "startedAt": started,
+                        "finishedAt": now,
+                    }
+                },
+            }
+        )
+    conditions = [
+        c
+        for c in pod["status"].get("conditions") or []
+        if c["type"] not in ("Ready", "ContainersReady", (condition or {}).get("type"))
+    ]
+    conditions += [
+        {
+            "type": t,
+            "status": "False",
+            "reason": "PodCompleted" if phase == "Succeeded" else "PodFailed",
+            "lastTransitionTime": now,
+        }
+        for t in ("Ready", "ContainersReady")
+    ]
+    if condition:
+        conditions.append({**condition, "lastTransitionTime": now})
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conditions,
+        "containerStatuses": statuses,
+    }
+    if reason is not None:
+        status["reason"] = reason
+    if message is not None:
+        status["message"] = message
+    proc = cluster.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+        "-o",
+        "json",
+        check=check,
+    )
+    return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
 def _ensure_nodes(cluster: Cluster, count: int, timeout: float) -> tuple[str, ...]:
@@ -603,14 +736,13 @@ def _create(name: str, bin_dir: Path, kubectl: Path, timeout: float) -> None:
 
 def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: bool) -> None:
     workdir = cluster_dir(name)
-    pids = [p for p in component_pids(name).values() if _pid_alive(p)]
     if workdir.exists() and bin_dir is not None and kubectl is not None:
         proc = _kwokctl(bin_dir, kubectl, "delete", "cluster", "--name", name, timeout=120)
         if proc.returncode != 0 and not quiet:
             log(f"kwokctl delete cluster failed ({proc.returncode}): {proc.stderr.strip()}")
-    # Whatever kwokctl missed: processes from the pid files, and any process still pointing
-    # into the cluster directory.
-    leftovers = sorted({*(p for p in pids if _pid_alive(p)), *_processes_under(workdir)})
+    # Whatever kwokctl missed (no pid file, kwokctl absent or failing): every process still
+    # running a binary of this cluster. Pid files alone could name a recycled pid.
+    leftovers = _processes_under(workdir)
     if leftovers:
         log(f"killing leftover processes of cluster {name!r}: {leftovers}")
         _kill(leftovers)
@@ -618,27 +750,33 @@ def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: b
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def stop(name: str = DEFAULT_NAME) -> None:
-    """Stop the cluster, kill every process it started and remove its state."""
-    bin_dir: Path | None
-    try:
-        bin_dir = ensure_binaries()
-    except ClusterError:
+def _recorded_tools(name: str) -> tuple[Path | None, Path | None]:
+    """The bin directory and kubectl the cluster was created with (nothing is built)."""
+    state = _load_state(name) or {}
+    bin_dir = Path(state["bin_dir"]) if state.get("bin_dir") else None
+    if bin_dir is not None and not (bin_dir / "kwokctl").is_file():
         bin_dir = None
     try:
         kubectl: Path | None = find_kubectl()
     except ClusterError:
-        kubectl = None
+        kubectl = Path(state["kubectl"]) if state.get("kubectl") else None
+    return bin_dir, kubectl
+
+
+def stop(name: str = DEFAULT_NAME) -> None:
+    """Stop the cluster, kill every process it started and remove its state."""
     with _lock(name):
+        bin_dir, kubectl = _recorded_tools(name)
         _stop_locked(name, bin_dir, kubectl, quiet=False)
+        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log"):
+            (kwok_workdir() / leftover).unlink(missing_ok=True)
     log(f"cluster {name!r} stopped")
 
 
 def connect(name: str = DEFAULT_NAME) -> Cluster:
-    """The running cluster `name`, without starting anything."""
-    bin_dir = ensure_binaries()
-    kubectl = find_kubectl()
-    if not _healthy(name, bin_dir, kubectl):
+    """The running cluster `name`, without starting (or building) anything."""
+    bin_dir, kubectl = _recorded_tools(name)
+    if bin_dir is None or kubectl is None or not _healthy(name, bin_dir, kubectl):
         raise ClusterError(f"cluster {name!r} is not running")
     return _cluster(name, bin_dir, kubectl, reused=True)
 
@@ -694,6 +832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add.add_argument("--npus", type=int, default=8)
     delete = sub.add_parser("delete-node", help="delete a node")
     delete.add_argument("node")
+    delete.add_argument(
+        "--gc-pods", action="store_true", help="fail and delete its pods now, not in ~45 s"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -710,7 +851,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "add-node":
             add_node(connect(args.name), args.node, npus=args.npus)
         elif args.command == "delete-node":
-            delete_node(connect(args.name), args.node)
+            delete_node(connect(args.name), args.node, gc_pods=args.gc_pods)
     except ClusterError as e:
         log(f"error: {e}")
         return 1

@@ -49,16 +49,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
     async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
         try:
-            return await reconciler.reconcile(body, list(memo.pod_index.get(key, ())))
+            return await reconciler.reconcile(body, list(indices["pods"].get(key, ())))
         except Exception as error:
             # Visible in `kubectl describe dnt`, not only in the operator's log; retried.
             _record(body, Event("Warning", "ReconcileError", str(error)[:1024]))
             raise
 
+    # Each object's handlers get a shallow copy of this memo: share the index through a dict.
+    indices: dict[str, Any] = {"pods": {}}
     memo.api = api
     memo.reconciler = reconciler
     memo.workers = JobWorkers(run_pass)
-    memo.pod_index = {}
+    memo.indices = indices
 
 
 @kopf.on.cleanup()
@@ -75,7 +77,9 @@ def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> 
 
 
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
-def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    # async on purpose: kopf runs sync handlers in threads, and an asyncio.Event set from a
+    # thread never wakes the worker.
     memo.workers.poke((namespace, labels[naming.LABEL_JOB]))
 
 
@@ -89,7 +93,7 @@ async def job_changed(
     job_pods: kopf.Index[Key, Any],
     **_: Any,
 ) -> None:
-    memo.pod_index = job_pods
+    memo.indices["pods"] = job_pods
     key = (namespace, name)
     if event.get("type") == "DELETED":
         await memo.workers.stop(key)

@@ -9,6 +9,7 @@ correctly from what the API server holds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,31 +56,47 @@ class Reconciler:
     async def _call(
         self, method: Callable[..., Any], *args: Any, ok: Iterable[int] = (), **kw: Any
     ) -> Any:
-        """One API call; statuses in `ok` (409 on create, 404 on delete) count as success."""
+        """One API call, returning the JSON reply as a dict (no model deserialization: it is
+        most of the CPU an operator spends). Statuses in `ok` (409 on create, 404 on delete)
+        count as success and return None; any other error status raises ApiException."""
         self.requests += 1
         try:
-            return await method(*args, **kw)
-        except ApiException as error:
+            response = await method(*args, _preload_content=False, **kw)
+        except ApiException as error:  # raised before a response exists (e.g. bad arguments)
             if error.status in ok:
                 return None
             raise
+        async with response:  # always release the connection back to the pool
+            body = await response.read()
+        if response.status >= 400:
+            if response.status in ok:
+                return None
+            raise ApiException(status=response.status, reason=f"{response.reason}: {body[:500]!r}")
+        return json.loads(body) if body else None
 
     async def ensure_children(self, job: Job) -> None:
         """Service, ServiceAccount, Role, RoleBinding and rank-table ConfigMap, once per job."""
         if job.ref.uid in self.ensured:
             return
         ns = job.ref.namespace
-        creates = [
-            (self.core.create_namespaced_service, service.build_service(job.ref)),
-            (self.core.create_namespaced_service_account, rbac.build_service_account(job.ref)),
-            (self.rbac.create_namespaced_role, rbac.build_role(job.ref)),
-            (self.rbac.create_namespaced_role_binding, rbac.build_role_binding(job.ref)),
-        ]
         await asyncio.gather(
-            *(
-                self._call(create, ns, body, ok=(409,), _preload_content=False)
-                for create, body in creates
-            )
+            self._call(
+                self.core.create_namespaced_service, ns, service.build_service(job.ref), ok=(409,)
+            ),
+            self._call(
+                self.core.create_namespaced_service_account,
+                ns,
+                rbac.build_service_account(job.ref),
+                ok=(409,),
+            ),
+            self._call(self.rbac.create_namespaced_role, ns, rbac.build_role(job.ref), ok=(409,)),
+        )
+        # After its Role: without `bind`, the API server refuses a binding to a missing Role.
+        await self._call(
+            self.rbac.create_namespaced_role_binding,
+            ns,
+            rbac.build_role_binding(job.ref),
+            ok=(409,),
         )
         if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:
             await self._ensure_pod_group(job)
@@ -89,7 +106,6 @@ class Reconciler:
             ns,
             ranktable.build_configmap(job.ref, content),
             ok=(409,),
-            _preload_content=False,
         )
         if created is None:  # it existed: an earlier instance of the operator made it
             existing = await self._call(
@@ -97,7 +113,7 @@ class Reconciler:
                 naming.rank_table_configmap_name(job.ref.name),
                 ns,
             )
-            content = (existing.data or {}).get(naming.RANK_TABLE_KEY, "")
+            content = (existing.get("data") or {}).get(naming.RANK_TABLE_KEY, "")
         self.tables[job.ref.uid] = content
         self.ensured.add(job.ref.uid)
 
@@ -122,7 +138,7 @@ class Reconciler:
             await self._call(
                 self.custom.create_namespaced_custom_object,
                 podgroup.GROUP, podgroup.VERSION, job.ref.namespace, podgroup.PLURAL,
-                podgroup.build_pod_group(job), ok=(409,), _preload_content=False,
+                podgroup.build_pod_group(job), ok=(409,),
             )  # fmt: skip
         except ApiException as error:
             if error.status == 404:
@@ -152,6 +168,11 @@ class Reconciler:
         old_status = dict(body.get("status") or {})
         plan = lifecycle.plan(job, old_status, states, now_utc(), self.tables.get(job.ref.uid))
         ns, name = job.ref.namespace, job.ref.name
+        log.debug(
+            "%s/%s: %d pod(s) seen; phase %s; create %s; delete %s; table %s",
+            ns, name, len(states), plan.status.get("phase"), plan.create, plan.delete,
+            "unchanged" if plan.rank_table is None else ranktable.table_status(plan.rank_table),
+        )  # fmt: skip
 
         patched = None
         patch = status_patch({k: v for k, v in old_status.items() if k != "training"}, plan.status)
@@ -173,14 +194,11 @@ class Reconciler:
                 ns,
                 {"data": {naming.RANK_TABLE_KEY: plan.rank_table}},
                 _content_type=MERGE_PATCH,
-                _preload_content=False,
             )
             self.tables[job.ref.uid] = plan.rank_table
         await asyncio.gather(
             *(
-                self._call(
-                    self.core.delete_namespaced_pod, pod, ns, ok=(404,), _preload_content=False
-                )
+                self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404,))
                 for pod in plan.delete
             ),
             *(
@@ -189,7 +207,6 @@ class Reconciler:
                     ns,
                     pods.build_pod(job, index, gang=int(plan.status.get("restarts") or 0)),
                     ok=(409,),
-                    _preload_content=False,
                 )
                 for index in plan.create
             ),

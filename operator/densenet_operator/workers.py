@@ -76,6 +76,9 @@ class JobWorkers:
                 worker.timer.cancel()
                 worker.timer = None
             try:
+                log.debug(
+                    "pass for %s/%s at resourceVersion %s", *key, _resource_version(worker.body)
+                )
                 patched, requeue_after = await self.run_pass(key, worker.body)
             except asyncio.CancelledError:
                 raise

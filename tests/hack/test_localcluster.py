@@ -353,28 +353,50 @@ def test_owner_reference_garbage_collection(kubectl: Any, namespace: str) -> Non
 
 
 @pytest.mark.integration
+def test_set_pod_phase_fails_a_running_pod(cluster: Any, kubectl: Any, namespace: str) -> None:
+    kubectl.apply(npu_pod("worker", 1), "-n", namespace)
+    wait_for("pod worker to run", lambda: phase(kubectl, namespace, "worker") == "Running")
+    localcluster.set_pod_phase(cluster, namespace, "worker", "Failed", exit_code=3, reason="Error")
+    time.sleep(2)
+    pod = kubectl.json("get", "pod", "worker", "-n", namespace)
+    assert pod["status"]["phase"] == "Failed"
+    assert condition(pod, "Ready")["status"] == "False"
+    [status] = pod["status"]["containerStatuses"]
+    assert status["state"]["terminated"]["exitCode"] == 3
+
+
+@pytest.mark.integration
 def test_add_and_delete_node(cluster: Any, kubectl: Any, namespace: str) -> None:
     name = f"extra-{uuid.uuid4().hex[:6]}"
-    localcluster.add_node(cluster, name, npus=2)
+    assert localcluster.add_node(cluster, name, npus=2) == name
     try:
         node = kubectl.json("get", "node", name)
         assert condition(node, "Ready")["status"] == "True"
         assert node["status"]["allocatable"][NPU] == "2"
         others = [n for n in kubectl.json("get", "nodes")["items"] if n["metadata"]["name"] != name]
         assert node["spec"]["podCIDR"] not in {n["spec"].get("podCIDR") for n in others}
-        kubectl.apply(
-            npu_pod("pinned", 2, nodeSelector={"kubernetes.io/hostname": name}), "-n", namespace
-        )
-        wait_for(
-            "pinned pod to run",
-            lambda: (
-                kubectl.json("get", "pod", "pinned", "-n", namespace)["status"].get("phase")
-                == "Running"
-            ),
-        )
+        pinned = npu_pod("pinned", 2, nodeSelector={"kubernetes.io/hostname": name})
+        kubectl.apply(pinned, "-n", namespace)
+        wait_for("pinned pod to run", lambda: phase(kubectl, namespace, "pinned") == "Running")
     finally:
         localcluster.delete_node(cluster, name)
     assert kubectl("get", "node", name, check=False).returncode != 0
-    # The pod stays bound to the missing node until the pod garbage collector removes it.
+    # The pod stays bound to the missing node until the pod garbage collector removes it
+    # (about 45 s later).
     pod = kubectl.json("get", "pod", "pinned", "-n", namespace)
-    assert pod["spec"]["nodeName"] == name
+    assert pod["spec"]["nodeName"] == name and pod["status"]["phase"] == "Running"
+
+
+@pytest.mark.integration
+def test_delete_node_with_gc_pods(cluster: Any, kubectl: Any, namespace: str) -> None:
+    name = f"doomed-{uuid.uuid4().hex[:6]}"
+    localcluster.add_node(cluster, name)
+    kubectl.apply(npu_pod("w0", 8, nodeSelector={"kubernetes.io/hostname": name}), "-n", namespace)
+    wait_for("w0 to run", lambda: phase(kubectl, namespace, "w0") == "Running")
+    localcluster.delete_node(cluster, kubectl.json("get", "node", name), gc_pods=True)
+    wait_for("w0 to be deleted", lambda: phase(kubectl, namespace, "w0") is None, timeout=10)
+
+
+def phase(kubectl: Any, namespace: str, name: str) -> str | None:
+    proc = kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout)["status"].get("phase") if proc.returncode == 0 else None

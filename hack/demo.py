@@ -1,0 +1,167 @@
+"""The end-to-end demo: a DenseNet trained by the operator on this machine's local cluster.
+
+1. starts the local control plane (hack/localcluster.py) with its KWOK Ascend nodes;
+2. installs the chart's CRD and RBAC with helm (the operator Deployment scaled to 0: KWOK runs
+   no containers) and runs the operator here, authenticated as the chart's ServiceAccount;
+3. writes scikit-learn's digits as an ImageFolder and applies examples/densenet121-cpu-demo.yaml;
+4. runs each scheduled pod's trainer container as a local process (hack/podrunner.py), with
+   the pod's own command, args, env, rank-table ConfigMap and ServiceAccount token;
+5. shows progress from `kubectl get densenettrainings`, and ends with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HACK = Path(__file__).resolve().parent
+ROOT = HACK.parent
+sys.path.insert(0, str(HACK))
+
+import localcluster  # noqa: E402
+from podrunner import LocalKubelet  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "densenet121-cpu-demo.yaml"
+CHART = ROOT / "charts" / "densenet-operator"
+DEMO_DIR = Path("/tmp/densenet-demo")  # the example's hostPath volumes point here
+RELEASE, OPERATOR_NAMESPACE, NAMESPACE = "densenet-operator", "densenet-system", "densenet-demo"
+
+
+def say(message: str) -> None:
+    print(f"\033[1m==> {message}\033[0m" if sys.stdout.isatty() else f"==> {message}", flush=True)
+
+
+class Demo:
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.kubectl_path = cluster.kubectl_path
+        self.helm = Path(sys.executable).parent / "helm"
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.kubectl_path), *args], input=input, text=True, capture_output=True,
+                              env=self.env, check=check)  # fmt: skip
+
+    def install_chart(self) -> None:
+        say("installing the chart's CRD and RBAC (helm)")
+        subprocess.run(
+            [str(self.helm), "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
+             "--create-namespace", "--set", "replicas=0", "--wait", "--timeout", "120s"],
+            env=self.env, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/densenettrainings.training.densenet.dev")  # fmt: skip
+
+    def operator_kubeconfig(self, workdir: Path) -> Path:
+        """The chart's ServiceAccount identity: the operator runs with exactly its RBAC."""
+        token = self.kubectl(
+            "create", "token", RELEASE, "-n", OPERATOR_NAMESPACE, "--duration=2h"
+        ).stdout.strip()
+        view = json.loads(self.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
+        cluster = view["clusters"][0]["cluster"]
+        path = workdir / "operator.kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": "operator", "user": {"token": token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        }))  # fmt: skip
+        return path
+
+    def start_operator(self, workdir: Path) -> subprocess.Popen[bytes]:
+        say("starting the operator (as the chart's ServiceAccount)")
+        log = (workdir / "operator.log").open("wb")
+        env = {**self.env, "KUBECONFIG": str(self.operator_kubeconfig(workdir))}
+        return subprocess.Popen([sys.executable, "-m", "densenet_operator.cli", "run"], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+    def job_status(self, name: str) -> dict[str, Any]:
+        result = self.kubectl("get", "dnt", name, "-n", NAMESPACE, "-o", "json", check=False)
+        return (json.loads(result.stdout).get("status") or {}) if result.returncode == 0 else {}
+
+    def table(self) -> str:
+        return self.kubectl("get", "densenettrainings", "-n", NAMESPACE, "-o", "wide").stdout
+
+
+def write_digits(size: int) -> Path:
+    target = DEMO_DIR / "digits"
+    if not (target / "train").is_dir():
+        say(f"writing scikit-learn's digits as an ImageFolder ({size} px) to {target}")
+        subprocess.run(
+            [sys.executable, "-m", "densenet_trainer.digits", str(target), "--size", str(size)],
+            check=True,
+        )
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep-cluster", action="store_true", help="leave the local cluster running"
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds the training may take")
+    parser.add_argument(
+        "--epochs", type=int, help="override the example's epochs (tests use fewer)"
+    )
+    args = parser.parse_args(argv)
+
+    say(
+        "starting the local control plane (kube-apiserver, scheduler, controller-manager, KWOK Ascend nodes)"
+    )
+    cluster = localcluster.start()
+    print(cluster.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,"
+                          "ASCEND910:.status.allocatable.huawei\\.com/Ascend910,IP:.status.addresses[0].address").stdout)  # fmt: skip
+    demo = Demo(cluster)
+    workdir = DEMO_DIR / "run"
+    workdir.mkdir(parents=True, exist_ok=True)
+    operator = None
+    try:
+        demo.install_chart()
+        operator = demo.start_operator(workdir)
+        write_digits(32)
+        demo.kubectl("create", "namespace", NAMESPACE, check=False)
+        manifest = EXAMPLE.read_text()
+        name = "densenet121-cpu-demo"
+        demo.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        if args.epochs:
+            manifest = manifest.replace("epochs: 4", f"epochs: {args.epochs}")
+        say(f"applying {EXAMPLE.relative_to(ROOT)}")
+        print(demo.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=manifest).stdout.strip())
+        kubelet = LocalKubelet(cluster.kubeconfig, NAMESPACE, name, workdir / "pods")
+        last_line = ""
+
+        def finished() -> bool:
+            nonlocal last_line
+            status = demo.job_status(name)
+            row = demo.table().splitlines()[-1] if status else ""
+            if row and row != last_line:
+                say(f"kubectl get dnt: {' '.join(row.split())}")
+                last_line = row
+            return status.get("phase") in ("Succeeded", "Failed")
+
+        kubelet.run_until(finished, timeout=args.timeout)
+        print()
+        say("kubectl get densenettrainings -n " + NAMESPACE)
+        print(demo.table())
+        status = demo.job_status(name)
+        if status.get("phase") != "Succeeded":
+            print(f"the job ended {status.get('phase')}: {status.get('message')}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        if not args.keep_cluster:
+            localcluster.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
