@@ -314,7 +314,7 @@ def plan(
                 "GangRestarted",
                 f"all {spec.replicas} pod(s) of restart {restarts} are running",
             )
-        else:
+        elif phase != RUNNING:  # steady state keeps its reason (e.g. GangRestarted)
             transition(RUNNING, "AllPodsRunning", f"all {spec.replicas} pod(s) are running")
     else:
         unschedulable = [p for p in current if p.unschedulable]

@@ -94,6 +94,8 @@ def test_restart_waits_for_old_pods_then_creates_the_new_gang():
     new_gang = plan(job, status, running(job, 2, gang=1))
     assert new_gang.status["phase"] == "Running"
     assert new_gang.status["reason"] == "GangRestarted"
+    steady = plan(job, new_gang.status, running(job, 2, gang=1), table=new_gang.rank_table)
+    assert steady.status["reason"] == "GangRestarted" and steady.events == []
 
 
 def test_pods_of_an_old_gang_are_deleted_not_counted():

@@ -106,7 +106,17 @@ def test_losing_a_node_restarts_the_job_onto_the_remaining_capacity(
         localcluster.delete_node(cluster, node)
         status = wait_for(lambda: (s := jobs.status("nodeloss")).get("restarts", 0) >= 1 and s, timeout=120,
                           what="the restart after the node loss")  # fmt: skip
-        assert "nodeloss-worker-0" in status["message"]
+        assert status["restarts"] == 1
+        events = jobs.kubectl.json(
+            "get",
+            "events",
+            "-n",
+            jobs.namespace,
+            "--field-selector",
+            "involvedObject.name=nodeloss",
+        )
+        restart = [e["message"] for e in events["items"] if e["reason"] == "GangRestart"]
+        assert restart and "pod nodeloss-worker-0 failed" in restart[0]
         (new_pod,) = wait_new_gang(jobs, "nodeloss", {pod["metadata"]["uid"]}, 1, timeout=120)
         assert new_pod["spec"]["nodeName"] != "ascend-spare"
     finally:
