@@ -65,6 +65,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    log.info(
+        "made %d API requests for %d job(s)", memo.reconciler.requests, len(memo.reconciler.ensured)
+    )
     await memo.workers.stop_all()
     await memo.api.close()
 

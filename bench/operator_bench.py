@@ -1,0 +1,383 @@
+"""Operator benchmarks on the local control plane (real kube-apiserver, scheduler, KWOK nodes).
+
+    .venv/bin/python bench/operator_bench.py [--runs 20] [--jobs 100] [--big-replicas 128]
+
+Measures, each with a fresh operator process so that its RSS, CPU time and API requests are
+its own:
+- one 2 x 8 job, repeated: `create` -> all pods exist; last pod's IP and device annotation ->
+  rank table `completed` in the ConfigMap; a pod failure -> the whole new gang exists;
+- a wave of N concurrent 2 x 8 jobs: until every pod exists, until every rank table is
+  completed;
+- one 128 x 8 = 1024-rank job: until every pod exists, until its rank table is completed;
+- the rank table function alone for 1024 and 4096 ranks.
+A thread plays the Ascend device plugin: it annotates each pod once it has its IP.
+Prints a table and writes JSON (default bench/results/operator.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import platform
+import re
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "operator"))
+
+import localcluster  # noqa: E402
+from densenet_operator import ranktable  # noqa: E402
+from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
+from localoperator import OperatorProcess, cpu_seconds, peak_rss_bytes, wait_for  # noqa: E402
+
+GROUP, VERSION, PLURAL = "training.densenet.dev", "v1alpha1", "densenettrainings"
+CRD = ROOT / "crds" / "densenettrainings.training.densenet.dev.yaml"
+MERGE = "application/merge-patch+json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def device_config(pod: dict[str, Any], devices: int) -> str:
+    index = int(pod["metadata"]["labels"][LABEL_REPLICA_INDEX])
+    return json.dumps({
+        "pod_name": pod["metadata"]["name"],
+        "server_id": pod["status"].get("hostIP", ""),
+        "devices": [{"device_id": str(d), "device_ip": f"192.168.{d}.{index % 250 + 1}"} for d in range(devices)],
+    })  # fmt: skip
+
+
+class Cluster:
+    """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen."""
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        self.api = config.new_client_from_config(config_file=str(kubeconfig))
+        self.api.configuration.connection_pool_maxsize = 32
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.namespace = namespace
+        self.lock = threading.Condition()
+        self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        self.pod_seen: dict[str, float] = {}  # uid -> first seen
+        self.tables: dict[str, float] = {}  # job -> time its table was seen completed
+        self.auto_annotate = False
+        self.annotated: set[str] = set()
+        self.patches = concurrent.futures.ThreadPoolExecutor(16)
+        self.stopping = False
+        for target in (self._watch_pods, self._watch_configmaps):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _watch_pods(self) -> None:
+        while not self.stopping:
+            for event in watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
+                                              label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
+                now = time.monotonic()
+                pod = self.api.sanitize_for_serialization(event["object"])
+                uid = pod["metadata"]["uid"]
+                with self.lock:
+                    if event["type"] == "DELETED":
+                        self.pods.pop(uid, None)
+                    else:
+                        self.pods[uid] = pod
+                        self.pod_seen.setdefault(uid, now)
+                    self.lock.notify_all()
+                if self.auto_annotate and event["type"] != "DELETED":
+                    self._maybe_annotate(pod)
+
+    def _watch_configmaps(self) -> None:
+        while not self.stopping:
+            for event in watch.Watch().stream(self.core.list_namespaced_config_map, self.namespace,
+                                              label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
+                now = time.monotonic()
+                cm = event["object"]
+                text = (cm.data or {}).get("hccl.json")
+                if ranktable.table_status(text) == ranktable.COMPLETED:
+                    with self.lock:
+                        self.tables.setdefault(cm.metadata.labels[LABEL_JOB], now)
+                        self.lock.notify_all()
+
+    def _maybe_annotate(self, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        if (
+            uid in self.annotated
+            or not pod["status"].get("podIP")
+            or pod["metadata"].get("deletionTimestamp")
+        ):
+            return
+        self.annotated.add(uid)
+        self.patches.submit(self.annotate, pod)
+
+    def annotate(self, pod: dict[str, Any], devices: int = 8) -> None:
+        body = {
+            "metadata": {"annotations": {ASCEND_CONFIG_ANNOTATION: device_config(pod, devices)}}
+        }
+        self.core.patch_namespaced_pod(
+            pod["metadata"]["name"], self.namespace, body, _content_type=MERGE
+        )
+
+    def job_pods(self, job: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [p for p in self.pods.values() if p["metadata"]["labels"].get(LABEL_JOB) == job
+                    and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+
+    def wait(self, predicate: Any, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"timed out waiting for {predicate}")
+                self.lock.wait(min(remaining, 0.5))
+
+    def create_job(self, name: str, replicas: int, devices: int = 8) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DenseNetTraining", "metadata": {"name": name},
+            "spec": {"model": "densenet161", "replicas": replicas, "devicesPerReplica": devices,
+                     "data": {"synthetic": True}, "runPolicy": {"backoffLimit": 100}},
+        })  # fmt: skip
+
+    def delete_jobs(self) -> None:
+        self.custom.delete_collection_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL
+        )
+        self.core.delete_collection_namespaced_pod(
+            self.namespace, label_selector=LABEL_JOB, grace_period_seconds=0
+        )
+        self.wait(lambda: not self.pods, timeout=180)
+        with self.lock:
+            self.tables.clear()
+
+
+def bench_rank_table(repeats: int = 30) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for ranks in (1024, 4096):
+        servers = ranks // 8
+        pods = [{
+            "metadata": {"name": f"j-worker-{i}", "labels": {LABEL_REPLICA_INDEX: str(i)},
+                         "annotations": {ASCEND_CONFIG_ANNOTATION: json.dumps({"server_id": f"10.1.{i // 250}.{i % 250}",
+                             "devices": [{"device_id": str(d), "device_ip": f"192.168.{d}.{i % 250}"} for d in range(8)]})}},
+            "status": {"podIP": f"10.2.{i // 250}.{i % 250}", "hostIP": f"10.1.{i // 250}.{i % 250}"},
+        } for i in range(servers)]  # fmt: skip
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            table = ranktable.build_rank_table(pods, replicas=servers, devices_per_replica=8)
+            ranktable.dumps(table)
+            times.append(time.perf_counter() - start)
+        results[str(ranks)] = {"p50_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
+    return results
+
+
+def bench_single_job(cluster: Cluster, runs: int) -> dict[str, Any]:
+    created, published, restarted = [], [], []
+    for run in range(runs):
+        name = f"lat-{run}"
+        start = time.monotonic()
+        cluster.create_job(name, replicas=2)
+        cluster.wait(lambda n=name: len(cluster.job_pods(n)) == 2)
+        created.append(
+            max(cluster.pod_seen[p["metadata"]["uid"]] for p in cluster.job_pods(name)) - start
+        )
+        cluster.wait(lambda n=name: all(p["status"].get("podIP") for p in cluster.job_pods(n)))
+        pods = sorted(cluster.job_pods(name), key=lambda p: p["metadata"]["name"])
+        cluster.annotate(pods[0])
+        time.sleep(0.2)  # the table must wait for the last pod, not race the first
+        assert name not in cluster.tables
+        cluster.annotate(pods[1])
+        last = time.monotonic()
+        cluster.wait(lambda n=name: n in cluster.tables)
+        published.append(cluster.tables[name] - last)
+        old = {p["metadata"]["uid"] for p in pods}
+        failed_at = time.monotonic()
+        cluster.core.patch_namespaced_pod_status(pods[0]["metadata"]["name"], cluster.namespace, {"status": {
+            "phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "x", "imageID": "", "ready": False,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}},
+            _content_type=MERGE)  # fmt: skip
+        cluster.wait(
+            lambda n=name, o=old: (
+                len([p for p in cluster.job_pods(n) if p["metadata"]["uid"] not in o]) == 2
+            )
+        )
+        fresh = [
+            cluster.pod_seen[p["metadata"]["uid"]]
+            for p in cluster.job_pods(name)
+            if p["metadata"]["uid"] not in old
+        ]
+        restarted.append(max(fresh) - failed_at)
+    summary = {}
+    for key, values in (("create_to_all_pods", created), ("last_annotation_to_table", published),
+                        ("failure_to_new_gang", restarted)):  # fmt: skip
+        summary[key] = {
+            "p50_ms": percentile(values, 0.5) * 1e3,
+            "p95_ms": percentile(values, 0.95) * 1e3,
+        }
+    return summary
+
+
+def bench_wave(cluster: Cluster, jobs: int, replicas: int) -> dict[str, Any]:
+    cluster.auto_annotate = True
+    names = [f"wave-{i}" for i in range(jobs)]
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: cluster.create_job(n, replicas=replicas), names))
+    created_at = time.monotonic() - start
+    cluster.wait(
+        lambda: sum(len(cluster.job_pods(n)) for n in names) == jobs * replicas, timeout=300
+    )
+    all_pods = (
+        max(cluster.pod_seen[p["metadata"]["uid"]] for n in names for p in cluster.job_pods(n))
+        - start
+    )
+    cluster.wait(lambda: all(n in cluster.tables for n in names), timeout=300)
+    all_tables = max(cluster.tables[n] for n in names) - start
+    cluster.auto_annotate = False
+    return {"jobs": jobs, "ranks_per_job": replicas * 8, "submit_s": created_at,
+            "all_pods_s": all_pods, "all_tables_s": all_tables}  # fmt: skip
+
+
+def with_operator(
+    kubeconfig: Path, workdir: Path, label: str, work: Any
+) -> tuple[Any, dict[str, Any]]:
+    log = workdir / f"operator-{label}.log"
+    operator = OperatorProcess(kubeconfig, log)
+    operator.start()
+    assert operator.process is not None
+    pid = operator.process.pid
+    cpu_before = cpu_seconds(pid)
+    try:
+        result = work()
+        stats = {
+            "peak_rss_mib": peak_rss_bytes(pid) / 2**20,
+            "cpu_s": cpu_seconds(pid) - cpu_before,
+        }
+    finally:
+        operator.stop()
+    found = re.findall(r"made (\d+) API requests for (\d+) job", log.read_text())
+    if found:
+        requests, jobs = map(int, found[-1])
+        stats.update(api_requests=requests, requests_per_job=requests / max(jobs, 1))
+    return result, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cluster", default="densenet-bench")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--big-replicas", type=int, default=128)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "operator.json")
+    parser.add_argument("--keep-cluster", action="store_true")
+    args = parser.parse_args(argv)
+
+    nodes = max(2 * args.jobs, args.big_replicas, 4)
+    started = localcluster.start(args.cluster, nodes=4)
+    workdir = args.out.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = {n["metadata"]["name"] for n in started.kubectl_json("get", "nodes")["items"]}
+        extra = [localcluster.node_manifest(f"bench-node-{slot}", slot) for slot in range(len(existing), nodes)
+                 if f"bench-node-{slot}" not in existing]  # fmt: skip
+        if extra:
+            started.kubectl(
+                "create",
+                "-f",
+                "-",
+                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": extra}),
+            )
+        started.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        started.kubectl(
+            "wait", "--for=condition=Established", "crd/densenettrainings.training.densenet.dev"
+        )
+        started.kubectl("create", "namespace", "bench", check=False)
+        wait_for(
+            lambda: (
+                started.kubectl("get", "sa", "default", "-n", "bench", check=False).returncode == 0
+            )
+        )
+        cluster = Cluster(started.kubeconfig, "bench")
+        cluster.delete_jobs()
+        results: dict[str, Any] = {
+            "machine": {
+                "cpus": __import__("os").cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+            },
+            "rank_table_compute": bench_rank_table(),
+        }
+        results["single_job"], results["single_job_operator"] = with_operator(
+            started.kubeconfig, workdir, "single", lambda: bench_single_job(cluster, args.runs)
+        )
+        cluster.delete_jobs()
+        results["wave"], results["wave_operator"] = with_operator(
+            started.kubeconfig, workdir, "wave", lambda: bench_wave(cluster, args.jobs, 2)
+        )
+        cluster.delete_jobs()
+        results["big_job"], results["big_job_operator"] = with_operator(
+            started.kubeconfig, workdir, "big", lambda: bench_wave(cluster, 1, args.big_replicas)
+        )
+        cluster.delete_jobs()
+    finally:
+        if not args.keep_cluster:
+            localcluster.stop(args.cluster)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        (
+            "rank table, 1024 ranks (compute)",
+            f"{r['rank_table_compute']['1024']['p50_ms']:.2f} ms p50",
+            "< 50 ms (4096)",
+        ),
+        (
+            "rank table, 4096 ranks (compute)",
+            f"{r['rank_table_compute']['4096']['p50_ms']:.2f} ms p50",
+            "< 50 ms",
+        ),
+    ]
+    for key, label in (("create_to_all_pods", "2x8 job: create -> all pods"),
+                       ("last_annotation_to_table", "last pod ready -> table completed"),
+                       ("failure_to_new_gang", "pod failure -> new gang created")):  # fmt: skip
+        s = r["single_job"][key]
+        target = "< 100 ms p50" if key == "last_annotation_to_table" else ""
+        rows.append((label, f"{s['p50_ms']:.0f} ms p50, {s['p95_ms']:.0f} ms p95", target))
+    w = r["wave"]
+    rows.append((f"{w['jobs']} x 2x8 jobs: all pods", f"{w['all_pods_s']:.2f} s", ""))
+    rows.append(
+        (f"{w['jobs']} x 2x8 jobs: all tables completed", f"{w['all_tables_s']:.2f} s", "< 30 s")
+    )
+    b = r["big_job"]
+    rows.append((f"1 x {b['ranks_per_job']}-rank job: all pods", f"{b['all_pods_s']:.2f} s", ""))
+    rows.append(
+        (f"1 x {b['ranks_per_job']}-rank job: table completed", f"{b['all_tables_s']:.2f} s", "")
+    )
+    for key, label in (
+        ("single_job_operator", "single-job runs"),
+        ("wave_operator", "wave"),
+        ("big_job_operator", "big job"),
+    ):
+        o = r[key]
+        rows.append((f"operator during {label}", f"{o['peak_rss_mib']:.0f} MiB peak RSS, {o['cpu_s']:.1f} s CPU, "
+                     f"{o.get('requests_per_job', float('nan')):.1f} API requests/job", "RSS < 200 MiB"))  # fmt: skip
+    width = max(len(a) for a, _, _ in rows)
+    print(f"\n{'measure':<{width}}  {'result':<52}  target")
+    for a, b_, c in rows:
+        print(f"{a:<{width}}  {b_:<52}  {c}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
