@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "operator"))
 
 import localcluster  # noqa: E402
+from localoperator import OperatorProcess, cpu_seconds, peak_rss_bytes, wait_for  # noqa: E402
+
 from densenet_operator import ranktable  # noqa: E402
 from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
-from localoperator import OperatorProcess, cpu_seconds, peak_rss_bytes, wait_for  # noqa: E402
 
 GROUP, VERSION, PLURAL = "training.densenet.dev", "v1alpha1", "densenettrainings"
 CRD = ROOT / "crds" / "densenettrainings.training.densenet.dev.yaml"

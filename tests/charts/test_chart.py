@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from densenet_operator import podgroup, rbac
 from densenet_operator.spec import GROUP, PLURAL, JobRef
 

@@ -1,7 +1,6 @@
 import json
 
 from densenet_operator import cli
-
 from tests.operator.factories import make_pod
 
 

@@ -1,9 +1,9 @@
 import datetime as dt
 
 import pytest
+
 from densenet_operator import lifecycle, ranktable
 from densenet_operator.status import PodState
-
 from tests.operator.factories import make_job, make_pod
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)

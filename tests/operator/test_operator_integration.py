@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from densenet_operator.spec import parse_spec
 
+from densenet_operator.spec import parse_spec
 from tests.operator.conftest import ROOT, Jobs, wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,4 @@
 from densenet_operator import naming, pods, rbac, service
-
 from tests.operator.factories import JOB, make_job
 
 

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-from densenet_operator import naming, ranktable
 from hypothesis import given
 from hypothesis import strategies as st
 
+from densenet_operator import naming, ranktable
 from tests.operator.factories import JOB, device_annotation, make_pod
 
 

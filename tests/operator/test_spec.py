@@ -1,4 +1,5 @@
 import pytest
+
 from densenet_operator.spec import SpecError, parse_spec
 
 

@@ -1,0 +1,400 @@
+"""One training epoch, one evaluation pass, and the pure pieces they are built from."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from densenet_trainer.data import Batch
+from densenet_trainer.distributed import DistContext, all_reduce_sum, synchronize
+
+logger = logging.getLogger("densenet_trainer")
+
+# Steps at the start of each epoch left out of FPS: worker start-up, allocator growth and
+# kernel selection make them slow in a way that says nothing about steady-state speed.
+FPS_WARMUP_STEPS = 5
+
+
+# ---------------------------------------------------------------- learning rate schedule
+
+
+def lr_factor(
+    step: int,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: str,
+    warmup_epochs: float = 0.0,
+    step_size: int = 30,
+    gamma: float = 0.1,
+) -> float:
+    """Multiplier of the peak lr before optimizer step ``step`` (0-based).
+
+    Linear warm-up from 1/warmup_steps to 1, then either a step decay by ``gamma`` every
+    ``step_size`` epochs (the seeds' 30 x 0.1) or a cosine to 0 at the end of ``epochs``.
+    """
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "step":
+        return gamma ** (step // (step_size * steps_per_epoch))
+    if schedule == "cosine":
+        decay_steps = max(1, epochs * steps_per_epoch - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / decay_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: str,
+    warmup_epochs: float,
+    step_size: int,
+    gamma: float,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step scheduler (warm-up needs finer than per-epoch granularity)."""
+
+    def factor(step: int) -> float:
+        return lr_factor(
+            step,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            step_size=step_size,
+            gamma=gamma,
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seek_lr_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Put the scheduler (and the optimizer's lr) at optimizer step ``step``."""
+    scheduler.last_epoch = step
+    lrs = [
+        base_lr * lmbda(step)
+        for base_lr, lmbda in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    ]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # type: ignore[attr-defined]  # what get_last_lr() returns
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+@dataclass(frozen=True)
+class AmpSettings:
+    enabled: bool
+    device_type: str
+    dtype: torch.dtype | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        # bf16 has fp32's exponent range; only fp16 gradients underflow without scaling.
+        return self.enabled and self.dtype == torch.float16
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "npu":
+        is_supported = getattr(torch.npu, "is_bf16_supported", None)  # type: ignore[attr-defined]
+        return bool(is_supported()) if is_supported is not None else False
+    return True  # cpu autocast is bf16-native
+
+
+def amp_settings(enabled: bool, requested_dtype: str, device: torch.device) -> AmpSettings:
+    if not enabled:
+        return AmpSettings(enabled=False, device_type=device.type)
+    if requested_dtype == "bf16" or (requested_dtype == "auto" and bf16_supported(device)):
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float16
+    return AmpSettings(enabled=True, device_type=device.type, dtype=dtype)
+
+
+def build_grad_scaler(amp: AmpSettings) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(amp.device_type, enabled=amp.needs_grad_scaler)
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def topk_correct(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...]) -> torch.Tensor:
+    """Number of samples whose target is among the k highest logits, for each k (a tensor)."""
+    maxk = min(max(topk), output.shape[1])
+    _, pred = output.topk(maxk, dim=1, largest=True, sorted=True)
+    hits = pred.eq(target.view(-1, 1))  # [batch, maxk]
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in topk]).to(torch.float64)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    acc1: float
+    acc5: float
+    loss: float
+    samples: int
+    failed_images: frozenset[str] = frozenset()
+
+
+def eval_result_from_sums(sums: torch.Tensor) -> EvalResult:
+    """Turn all-reduced [correct1, correct5, loss_sum, samples] into percentages."""
+    correct1, correct5, loss_sum, samples = (float(v) for v in sums.tolist())
+    if samples == 0:
+        return EvalResult(acc1=0.0, acc5=0.0, loss=float("nan"), samples=0)
+    return EvalResult(
+        acc1=100.0 * correct1 / samples,
+        acc5=100.0 * correct5 / samples,
+        loss=loss_sum / samples,
+        samples=int(samples),
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    criterion: nn.Module,
+    data_loader: Iterable[Batch],
+    ctx: DistContext,
+    amp: AmpSettings,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Acc@1 / Acc@5 over the whole validation set, each sample counted once over all ranks.
+
+    Each rank sums its correct counts and its real sample count; one all_reduce adds them up.
+    ``model`` should be the unwrapped module: ranks may run different numbers of batches
+    (the val sampler is unpadded), and a DDP forward could wait on the others.
+    """
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+    failed: set[str] = set()
+    with torch.inference_mode():
+        for images, targets, failed_paths in data_loader:
+            failed.update(failed_paths)
+            if images.shape[0] == 0:
+                continue
+            images = images.to(ctx.device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(ctx.device, non_blocking=True)
+            with amp.autocast():
+                output = model(images)
+            output = output.float()
+            # criterion averages over the batch; weight it back to a sum for exact means.
+            loss = criterion(output, targets)
+            sums[:2] += topk_correct(output, targets, (1, 5))
+            sums[2] += loss.double() * images.shape[0]
+            sums[3] += images.shape[0]
+    result = eval_result_from_sums(all_reduce_sum(sums, ctx))
+    return EvalResult(
+        acc1=result.acc1,
+        acc5=result.acc5,
+        loss=result.loss,
+        samples=result.samples,
+        failed_images=frozenset(failed),
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class ThroughputMeter:
+    """Images and time since a start point; FPS over all ranks = local rate x world size.
+
+    Every rank runs the same batch size in lockstep (DDP), so the local rate times the world
+    size is the global rate, without a collective per log line (the seeds measure it so).
+    """
+
+    world_size: int
+    start: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    data_wait: float = 0.0
+
+    def add(self, images: int, data_wait: float) -> None:
+        self.images += images
+        self.data_wait += data_wait
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def fps(self) -> float:
+        elapsed = self.elapsed()
+        return self.images * self.world_size / elapsed if elapsed > 0 else 0.0
+
+    def data_wait_share(self) -> float:
+        elapsed = self.elapsed()
+        return min(1.0, self.data_wait / elapsed) if elapsed > 0 else 0.0
+
+
+@dataclass
+class TrainEpochResult:
+    steps: int
+    global_step: int
+    loss: float
+    lr: float
+    fps: float
+    data_wait_share: float
+    images: int  # images this rank trained after the warm-up steps (0: fps is a raw rate)
+    reached_max_steps: bool
+    failed_images: set[str] = field(default_factory=set)
+
+
+def _progress_bar(total: int | None, enabled: bool, description: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    data_loader: Iterable[Batch],
+    *,
+    ctx: DistContext,
+    epoch: int,
+    global_step: int,
+    amp: AmpSettings,
+    channels_last: bool = False,
+    print_freq: int = 10,
+    max_train_steps: int | None = None,
+    on_log: Callable[[dict[str, float | int]], None] | None = None,
+    progress_bar: bool = False,
+) -> TrainEpochResult:
+    """Train ``model`` for one pass over ``data_loader`` (or until ``max_train_steps``).
+
+    ``epoch`` is 0-based; log lines show it 1-based. ``on_log`` receives each logged
+    interval's metrics (the status reporter's feed) and must not block.
+    """
+    model.train()
+    steps_in_epoch = len(data_loader) if isinstance(data_loader, Sized) else None
+    fps_warmup = FPS_WARMUP_STEPS
+    if steps_in_epoch is not None:
+        fps_warmup = min(FPS_WARMUP_STEPS, steps_in_epoch // 2)
+
+    whole_epoch_meter = ThroughputMeter(ctx.world_size)  # the fallback for very short epochs
+    epoch_meter = ThroughputMeter(ctx.world_size)  # restarted after the warm-up steps
+    interval_meter = ThroughputMeter(ctx.world_size)
+    interval_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    interval_steps = 0
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    failed: set[str] = set()
+    last_loss = float("nan")
+    steps = 0
+    reached_max_steps = False
+    bar = _progress_bar(steps_in_epoch, progress_bar and ctx.is_main, f"epoch {epoch + 1}")
+
+    batches = iter(data_loader)
+    while not reached_max_steps:
+        wait_start = time.perf_counter()
+        try:
+            images, targets, failed_paths = next(batches)
+        except StopIteration:
+            break
+        data_wait = time.perf_counter() - wait_start
+        failed.update(failed_paths)
+
+        images = images.to(ctx.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(ctx.device, non_blocking=True)
+
+        with amp.autocast():
+            output = model(images)
+            loss = criterion(output, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        lr_scheduler.step()
+
+        steps += 1
+        global_step += 1
+        batch_images = int(images.shape[0])
+        # Accumulate on the device; reading the value (a sync) happens only at log time.
+        detached = loss.detach().double()
+        interval_loss += detached
+        epoch_loss += detached
+        interval_steps += 1
+        epoch_meter.add(batch_images, data_wait)
+        whole_epoch_meter.add(batch_images, data_wait)
+        interval_meter.add(batch_images, data_wait)
+        if bar is not None:
+            bar.update(1)
+
+        if global_step % print_freq == 0:
+            last_loss = float(interval_loss.item()) / interval_steps  # .item() syncs the device
+            lr = optimizer.param_groups[0]["lr"]
+            fps = interval_meter.fps()
+            wait_share = interval_meter.data_wait_share()
+            if ctx.is_main:
+                logger.info(
+                    "step: %d epoch: %d FPS: %.1f loss: %.4f lr: %.6f data-wait: %.1f%%",
+                    global_step,
+                    epoch + 1,
+                    fps,
+                    last_loss,
+                    lr,
+                    100.0 * wait_share,
+                )
+            if on_log is not None:
+                on_log(
+                    {
+                        "step": global_step,
+                        "fps": fps,
+                        "dataWaitShare": wait_share,
+                        "loss": last_loss,
+                        "lr": lr,
+                    }
+                )
+            interval_meter = ThroughputMeter(ctx.world_size)
+            interval_loss.zero_()
+            interval_steps = 0
+        if steps == fps_warmup:
+            # Start measuring here. A log line that fell inside the warm-up (above) showed
+            # that interval's raw rate; the epoch's FPS leaves these steps out.
+            synchronize(ctx.device)
+            epoch_meter = ThroughputMeter(ctx.world_size)
+            interval_meter = ThroughputMeter(ctx.world_size)
+        reached_max_steps = max_train_steps is not None and global_step >= max_train_steps
+    if bar is not None:
+        bar.close()
+
+    synchronize(ctx.device)
+    epoch_mean_loss = float(epoch_loss.item()) / steps if steps else last_loss
+    # An epoch that ended within its warm-up has no steady-state measurement; report the
+    # raw rate rather than none.
+    measured = epoch_meter if epoch_meter.images else whole_epoch_meter
+    return TrainEpochResult(
+        steps=steps,
+        global_step=global_step,
+        loss=epoch_mean_loss,
+        lr=optimizer.param_groups[0]["lr"],
+        fps=measured.fps(),
+        data_wait_share=measured.data_wait_share(),
+        images=epoch_meter.images,
+        reached_max_steps=reached_max_steps,
+        failed_images=failed,
+    )
