@@ -61,19 +61,13 @@ class Demo:
 
     def operator_kubeconfig(self, workdir: Path) -> Path:
         """The chart's ServiceAccount identity: the operator runs with exactly its RBAC."""
-        token = self.kubectl(
-            "create", "token", RELEASE, "-n", OPERATOR_NAMESPACE, "--duration=2h"
-        ).stdout.strip()
-        view = json.loads(self.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-        cluster = view["clusters"][0]["cluster"]
-        path = workdir / "operator.kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-            "clusters": [{"name": "local", "cluster": cluster}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        }))  # fmt: skip
-        return path
+        return localcluster.service_account_kubeconfig(
+            self.cluster.kubeconfig,
+            OPERATOR_NAMESPACE,
+            RELEASE,
+            workdir / "operator.kubeconfig",
+            duration="2h",
+        )
 
     def start_operator(self, workdir: Path) -> subprocess.Popen[bytes]:
         say("starting the operator (as the chart's ServiceAccount)")

@@ -23,6 +23,7 @@ CLI runs under any Python 3.11:
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -860,3 +861,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def service_account_kubeconfig(
+    kubeconfig: Path, namespace: str, account: str, path: Path, *, duration: str = "1h"
+) -> Path:
+    """A kubeconfig that authenticates only as `account`, with a TokenRequest token: what a
+    pod of that ServiceAccount gets, for processes that stand in for pods."""
+    kubectl = find_kubectl()
+    token = _kubectl(kubectl, kubeconfig, "create", "token", account, "-n", namespace,
+                     f"--duration={duration}").stdout.strip()  # fmt: skip
+    view = json.loads(
+        _kubectl(kubectl, kubeconfig, "config", "view", "--raw", "--minify", "-o", "json").stdout
+    )
+    cluster = dict(view["clusters"][0]["cluster"])
+    if "certificate-authority" in cluster:  # inline it: the file may be relative to the kubeconfig
+        ca = Path(cluster.pop("certificate-authority"))
+        ca = ca if ca.is_absolute() else kubeconfig.parent / ca
+        cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": account,
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": "local", "user": account, "namespace": namespace}}],
+    }))  # fmt: skip
+    return path

@@ -28,6 +28,9 @@ from typing import Any, TextIO
 
 from kubernetes import client, config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from localcluster import service_account_kubeconfig
+
 JOB_LABEL = "training.densenet.dev/job-name"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -82,8 +85,6 @@ class LocalKubelet:
     def __post_init__(self) -> None:
         self.api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = client.CoreV1Api(self.api_client)
-        self.server = self.api_client.configuration.host
-        self.ca_file = self.api_client.configuration.ssl_ca_cert
         self._lock = threading.Lock()
 
     # -- one pass -------------------------------------------------------------------------
@@ -203,20 +204,9 @@ class LocalKubelet:
 
     def _service_account_kubeconfig(self, pod: Mapping[str, Any], root: Path) -> Path:
         account = pod["spec"].get("serviceAccountName", "default")
-        request = client.AuthenticationV1TokenRequest(
-            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        return service_account_kubeconfig(
+            self.kubeconfig, self.namespace, account, root / "serviceaccount.kubeconfig"
         )
-        token = self.core.create_namespaced_service_account_token(
-            account, self.namespace, request
-        ).status.token
-        path = root / "serviceaccount.kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "local", "cluster": {"server": self.server, "certificate-authority": self.ca_file}}],
-            "users": [{"name": account, "user": {"token": token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": account, "namespace": self.namespace}}],
-        }))  # fmt: skip
-        return path
 
     def _stop(self, run: _Running) -> None:
         if run.process.poll() is None:

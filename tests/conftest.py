@@ -147,3 +147,18 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
         yield name
     finally:
         kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+CRD = ROOT / "crds" / "densenettrainings.training.densenet.dev.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl: Kubectl) -> None:
+    """The DenseNetTraining CRD, applied once per session (server-side, as the chart would)."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/densenettrainings.training.densenet.dev",
+    )

@@ -16,20 +16,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 from localoperator import OperatorProcess, wait_for  # noqa: E402
 
-CRD = ROOT / "crds" / "densenettrainings.training.densenet.dev.yaml"
 ASCEND_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
-__all__ = ["ASCEND_ANNOTATION", "CRD", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
-
-
-@pytest.fixture(scope="session")
-def crd(kubectl: Any) -> None:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/densenettrainings.training.densenet.dev",
-    )
+__all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 
 
 @pytest.fixture(scope="session")

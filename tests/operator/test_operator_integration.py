@@ -3,7 +3,6 @@ manager and KWOK nodes advertising huawei.com/Ascend910."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from densenet_operator.spec import parse_spec
+from tests.conftest import localcluster
 from tests.operator.conftest import ROOT, Jobs, wait_for
 
 pytestmark = pytest.mark.integration
@@ -186,26 +186,6 @@ def test_schema_defaults_are_the_models_defaults(jobs: Jobs) -> None:
     assert parse_spec(served, default_image="x") == parse_spec(minimal["spec"], default_image="x")
 
 
-def _token_kubeconfig(kubectl: Any, namespace: str, service_account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates only with the ServiceAccount's TokenRequest token."""
-    token = kubectl(
-        "create", "token", service_account, "-n", namespace, "--duration=10m"
-    ).stdout.strip()
-    admin = kubectl.json("config", "view", "--raw", "--minify")
-    cluster = admin["clusters"][0]["cluster"]
-    ca = (
-        cluster.get("certificate-authority-data")
-        or base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()
-    )
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": cluster["server"], "certificate-authority-data": ca}}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": namespace}}],
-    }))  # fmt: skip
-    return path
-
-
 def test_trainer_identity_patches_only_its_own_job(jobs: Jobs, tmp_path: Path) -> None:
     jobs.kubectl.apply([small_job("mine"), small_job("other")], "-n", jobs.namespace)
     wait_for(
@@ -216,8 +196,8 @@ def test_trainer_identity_patches_only_its_own_job(jobs: Jobs, tmp_path: Path) -
             == 0
         )
     )
-    kubeconfig = _token_kubeconfig(
-        jobs.kubectl, jobs.namespace, "mine-trainer", tmp_path / "sa.kubeconfig"
+    kubeconfig = localcluster.service_account_kubeconfig(
+        jobs.kubectl.kubeconfig, jobs.namespace, "mine-trainer", tmp_path / "sa.kubeconfig"
     )
     as_trainer = type(jobs.kubectl)(jobs.kubectl.binary, kubeconfig)
     patch = json.dumps({"status": {"training": {"epoch": 3, "fps": 123.5, "acc1": 71.2}}})
