@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,7 @@ class Demo:
         say("installing the chart's CRD and RBAC (helm)")
         subprocess.run(
             [str(self.helm), "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-             "--create-namespace", "--set", "replicas=0", "--wait", "--timeout", "120s"],
+             "--create-namespace", "--set", "replicas=0", "--take-ownership", "--wait", "--timeout", "120s"],
             env=self.env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
@@ -97,6 +98,7 @@ def write_digits(size: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cluster", default=localcluster.DEFAULT_NAME, help="local cluster name")
     parser.add_argument(
         "--keep-cluster", action="store_true", help="leave the local cluster running"
     )
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     say(
         "starting the local control plane (kube-apiserver, scheduler, controller-manager, KWOK Ascend nodes)"
     )
-    cluster = localcluster.start()
+    cluster = localcluster.start(args.cluster)
     print(cluster.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,"
                           "ASCEND910:.status.allocatable.huawei\\.com/Ascend910,IP:.status.addresses[0].address").stdout)  # fmt: skip
     demo = Demo(cluster)
@@ -124,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         manifest = EXAMPLE.read_text()
         name = "densenet121-cpu-demo"
         demo.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        # A new run, not a resume of the last demo's checkpoints.
+        shutil.rmtree(DEMO_DIR / "checkpoints" / name, ignore_errors=True)
         if args.epochs:
-            manifest = manifest.replace("epochs: 4", f"epochs: {args.epochs}")
+            manifest = manifest.replace("epochs: 7", f"epochs: {args.epochs}")
         say(f"applying {EXAMPLE.relative_to(ROOT)}")
         print(demo.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=manifest).stdout.strip())
         kubelet = LocalKubelet(cluster.kubeconfig, NAMESPACE, name, workdir / "pods")
@@ -134,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         def finished() -> bool:
             nonlocal last_line
             status = demo.job_status(name)
-            row = demo.table().splitlines()[-1] if status else ""
+            row = (
+                " ".join(demo.table().splitlines()[-1].split()[:-1]) if status else ""
+            )  # without AGE
             if row and row != last_line:
-                say(f"kubectl get dnt: {' '.join(row.split())}")
+                say(f"kubectl get dnt: {row}")
                 last_line = row
             return status.get("phase") in ("Succeeded", "Failed")
 
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             operator.terminate()
             operator.wait(timeout=30)
         if not args.keep_cluster:
-            localcluster.stop()
+            localcluster.stop(args.cluster)
 
 
 if __name__ == "__main__":

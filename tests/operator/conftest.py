@@ -24,8 +24,12 @@ __all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 def operator(
     cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
+    # Only the tests' namespaces (t-*): a demo operator elsewhere in the cluster is left alone.
     process = OperatorProcess(
-        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        "--namespace",
+        "t-*",
     )
     process.start()
     yield process

@@ -149,3 +149,10 @@ def test_no_cluster_config_turns_reporting_off(
         reporter = reporter_from_env(True, 10, env=env)
     assert isinstance(reporter, NullReporter)
     assert "status reporting is off" in caplog.text
+
+
+def test_values_are_rounded_for_kubectl_get() -> None:
+    from densenet_trainer.status import clean_fields
+
+    cleaned = clean_fields({"fps": 3650.2371, "acc1": 75.98765, "lr": 0.00012345678, "epoch": 3.0})
+    assert cleaned == {"fps": 3650.2, "acc1": 75.99, "lr": 0.0001235, "epoch": 3}

@@ -15,6 +15,8 @@ MODES = ("train", "evaluate", "train_and_evaluate", "performance")
 DEVICES = ("auto", "npu", "cuda", "cpu")
 LR_SCHEDULES = ("step", "cosine")
 AMP_DTYPES = ("auto", "bf16", "fp16")
+SGD_IMPLS = ("auto", "fused", "foreach", "loop")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def positive_int(text: str) -> int:
@@ -122,6 +124,20 @@ def build_parser(prog: str = "densenet-train") -> argparse.ArgumentParser:
         help="use the channels_last memory format (default: on for cuda, where tensor cores "
         "want it; off for npu and cpu)",
     )
+    model.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the model (the DDP-wrapped one under torchrun): fuses DenseNet's "
+        "BatchNorm+ReLU+concat chains; the first steps pay a compile of a minute or more",
+    )
+    model.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default="default",
+        help="torch.compile mode of --compile ('max-autotune-no-cudagraphs' also benchmarks "
+        "kernel choices: a much longer compile)",
+    )
 
     optim = parser.add_argument_group("optimization")
     optim.add_argument(
@@ -196,6 +212,14 @@ def build_parser(prog: str = "densenet-train") -> argparse.ArgumentParser:
         "else fp16 with a GradScaler)",
     )
     optim.add_argument(
+        "--sgd-impl",
+        choices=SGD_IMPLS,
+        default="auto",
+        help="SGD implementation: one fused kernel (fused), a few multi-tensor kernels "
+        "(foreach), or a loop over the parameters (loop); auto: fused on cuda, foreach on "
+        "cpu, torch's own choice on npu",
+    )
+    optim.add_argument(
         "--amp-dtype",
         choices=AMP_DTYPES,
         default="auto",
@@ -223,6 +247,12 @@ def build_parser(prog: str = "densenet-train") -> argparse.ArgumentParser:
         choices=DEVICES,
         default="auto",
         help="auto picks npu (when torch_npu is installed and sees a device), then cuda, then cpu",
+    )
+    run.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let cuDNN time its algorithms for each layer's shapes once (cuda only)",
     )
     run.add_argument(
         "--seed", type=int, default=None, metavar="N", help="seed for weights, data order, augment"
