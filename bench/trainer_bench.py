@@ -362,6 +362,80 @@ def worker(config_path: str, result_path: str) -> int:
     return 0
 
 
+KERNEL_CATEGORIES = (
+    ("optimizer", ("sgd", "multi_tensor", "foreach")),
+    ("batch_norm", ("batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford")),
+    ("concat/copy", ("cat", "copy", "direct_copy")),
+    ("relu/elementwise", ("relu", "threshold", "elementwise", "vectorized", "add")),
+    ("convolution/gemm", ("conv", "gemm", "xmma", "sm90", "cutlass", "implicit", "winograd")),
+)
+
+
+def profile_one(arch: str, batch: int, size: int, device_name: str, steps: int = 5) -> None:
+    """GPU time of ``ours``'s training step (bf16, channels_last, auto SGD) by kernel category."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from densenet_trainer.cli import parse_args
+    from densenet_trainer.engine import amp_settings
+    from densenet_trainer.train import build_model, build_optimizer
+
+    device = torch.device(device_name)
+    model = build_model(arch, 1000).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, parse_args(["--synthetic"]), device)
+    amp = amp_settings(True, "auto", device)
+    images = torch.randn(batch, 3, size, size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 1000, (batch,), device=device)
+    criterion = torch.nn.CrossEntropyLoss()
+    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    prof = profile(activities=activities)
+    for i in range(steps + 3):  # 3 warm-up steps, then the profiled ones
+        if i == 3:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            prof.start()
+        with amp.autocast():
+            loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    prof.stop()
+    totals: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        us = float(getattr(event, "device_time_total", 0.0) or 0.0)
+        if device.type != "cuda":
+            us = float(event.self_cpu_time_total)
+        if us <= 0:
+            continue
+        name = event.key.lower()
+        category = next(
+            (c for c, words in KERNEL_CATEGORIES if any(w in name for w in words)), "other"
+        )
+        totals[category] = totals.get(category, 0.0) + us
+        kernels.append((us, event.key[:90]))
+    total = sum(totals.values())
+    runs = steps
+    print(
+        f"{arch} b{batch} {size}px bf16 channels_last on {device.type}: {total / runs / 1e3:.1f} ms "
+        f"of kernels per step ({batch * runs / (total / 1e6):.0f} img/s if the device never idled)"
+    )
+    for category, us in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {category:<18} {us / runs / 1e3:8.2f} ms  {100 * us / total:5.1f}%")
+    for us, name in sorted(kernels, reverse=True)[:12]:
+        print(f"    {us / runs / 1e3:7.2f} ms  {name}")
+
+
+def profile_step(args: argparse.Namespace) -> int:
+    for arch in args.models:
+        for batch in args.batches:
+            profile_one(arch, batch, args.sizes[0], args.device)
+    return 0
+
+
 # ---------------------------------------------------------------- the orchestrating side
 
 
@@ -637,6 +711,11 @@ def parse_cli(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="per process (s)")
     parser.add_argument("--out", default=None, help="JSON file (merged with its earlier runs)")
     parser.add_argument("--fresh", action="store_true", help="overwrite --out instead of merging")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: GPU time of one bf16 channels_last step by kernel category (cuda)",
+    )
     return parser.parse_args(argv)
 
 
@@ -649,6 +728,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.profile:
+        return profile_step(args)
     info = machine_info(args.device)
     out = Path(
         args.out or ROOT / "bench" / "results" / f"trainer-{device_slug(info, args.device)}.json"

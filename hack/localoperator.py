@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def wait_for(
@@ -40,6 +41,10 @@ def _free_port() -> int:
 class OperatorProcess:
     """`densenet-operator run` as a child process; can be killed and started again."""
 
+    # The instances running now: a test that runs an operator of its own stops the others
+    # (see `others_stopped`), so that two operators never act on the same jobs.
+    running: ClassVar[set[OperatorProcess]] = set()
+
     def __init__(self, kubeconfig: Path, log_path: Path, *extra_args: str) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
@@ -60,6 +65,7 @@ class OperatorProcess:
              "--liveness", f"http://127.0.0.1:{self.port}/healthz", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
+        OperatorProcess.running.add(self)
         if wait:
             wait_for(
                 self.healthy,
@@ -83,17 +89,32 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, as when a node dies under the operator."""
+        OperatorProcess.running.discard(self)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
     def stop(self) -> None:
+        OperatorProcess.running.discard(self)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    @classmethod
+    @contextmanager
+    def others_stopped(cls) -> Iterator[None]:
+        """Stops every running instance for the duration, then starts them again."""
+        stopped = list(cls.running)
+        for process in stopped:
+            process.stop()
+        try:
+            yield
+        finally:
+            for process in stopped:
+                process.start()
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -144,37 +144,18 @@ def set_condition(
 ) -> list[dict[str, Any]]:
     """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
     value = "True" if status else "False"
-    result: list[dict[str, Any]] = []
-    found = False
-    for condition in conditions:
-        if condition.get("type") != type_:
-            result.append(dict(condition))
-            continue
-        found = True
-        flipped = condition.get("status") != value
-        result.append(
-            {
-                "type": type_,
-                "status": value,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": (
-                    format_time(now) if flipped else condition.get("lastTransitionTime")
-                )
-                or format_time(now),
-            }
-        )
-    if not found:
-        result.append(
-            {
-                "type": type_,
-                "status": value,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": format_time(now),
-            }
-        )
-    return result
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    unchanged = previous is not None and previous.get("status") == value
+    updated = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (unchanged and previous.get("lastTransitionTime")) or format_time(now),
+    }
+    if previous is None:
+        return [*(dict(c) for c in conditions), updated]
+    return [updated if c is previous else dict(c) for c in conditions]
 
 
 def set_phase_conditions(

@@ -7,27 +7,28 @@ under the chart's ServiceAccount, to prove that its RBAC is enough.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
+from localoperator import OperatorProcess, wait_for
+
 from densenet_operator import podgroup, rbac
 from densenet_operator.spec import GROUP, PLURAL, JobRef
+from tests.conftest import localcluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "densenet-operator"
@@ -536,17 +537,6 @@ def test_operator_holds_every_permission_of_the_trainer_role() -> None:
 PEERING_NAME = "densenet-ha"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
 class Release:
     """One helm release of the chart in the test cluster."""
 
@@ -677,23 +667,6 @@ def test_install_brings_up_the_operator_and_uninstall_keeps_only_the_crd(
     assert kubectl("get", "densenettrainings", "-A").returncode == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def token_kubeconfig(kubectl: Any, sa_namespace: str, sa: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as the ServiceAccount, with a bound token."""
-    config = json.loads(
-        kubectl("config", "view", "--raw", "--minify", "--flatten", "-o", "json").stdout
-    )
-    token = kubectl("create", "token", sa, "-n", sa_namespace, "--duration=1h").stdout.strip()
-    config["users"][0]["user"] = {"token": token}
-    path.write_text(json.dumps(config))
-    return path
-
-
 def _new_namespace(kubectl: Any, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
@@ -728,39 +701,31 @@ def chart_operator(
     a token of the chart's ServiceAccount and one DenseNetTraining created."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-    release_ns = _new_namespace(kubectl, "t-chart-release")
-    jobs = _new_namespace(kubectl, "t-chart-jobs")
+    release_ns = _new_namespace(kubectl, "chart-release")
+    jobs = _new_namespace(kubectl, "chart-jobs")
     release = Release(cluster.kubeconfig, release_ns)
     tmp = tmp_path_factory.mktemp("chart-operator")
-    process: subprocess.Popen[bytes] | None = None
+    process: OperatorProcess | None = None
+    others = contextlib.ExitStack()
     try:
         release.install({"crds.enabled": False, "replicas": 2, "watchNamespaces": [jobs],
                          "peering.name": PEERING_NAME})  # fmt: skip
         kubectl("get", "kopfpeering", PEERING_NAME, "-n", jobs)
-        kubeconfig = token_kubeconfig(kubectl, release_ns, release.fullname, tmp / "sa")
-        port = _free_port()
-        log_path = tmp / "operator.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "densenet_operator.cli", "run", "--verbose",
-                 "--liveness", f"http://127.0.0.1:{port}/healthz", "--namespace", jobs,
-                 "--peering", PEERING_NAME, "--priority", "7"],
-                stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "KUBECONFIG": str(kubeconfig),
-                     "DENSENET_TRAINER_IMAGE": "densenet-trainer:test"},
-            )  # fmt: skip
-
-        def healthy() -> bool:
-            assert process is not None
-            if process.poll() is not None:
-                raise AssertionError(f"the operator exited:\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
-        wait_for(healthy, what="the operator's liveness endpoint")
+        kubeconfig = localcluster.service_account_kubeconfig(
+            cluster.kubeconfig, release_ns, release.fullname, tmp / "sa"
+        )
+        process = OperatorProcess(
+            kubeconfig,
+            tmp / "operator.log",
+            "--namespace",
+            jobs,
+            "--peering",
+            PEERING_NAME,
+            "--priority",
+            "7",
+        )
+        others.enter_context(OperatorProcess.others_stopped())  # only the chart's RBAC may act
+        process.start()
         job = "chart-rbac"
         kubectl.apply(
             {"apiVersion": f"{GROUP}/v1alpha1", "kind": "DenseNetTraining",
@@ -768,15 +733,11 @@ def chart_operator(
              "spec": {"model": "densenet121", "replicas": 1, "devicesPerReplica": 1,
                       "device": {"type": "cpu"}, "data": {"synthetic": True}}}
         )  # fmt: skip
-        yield ChartOperator(kubectl, jobs, job, log_path)
+        yield ChartOperator(kubectl, jobs, job, process.log_path)
     finally:
         if process is not None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.stop()
+        others.close()
         release.uninstall()
         for ns in (jobs, release_ns):
             kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)

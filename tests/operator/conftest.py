@@ -24,12 +24,10 @@ __all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 def operator(
     cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    # Only the tests' namespaces (t-*): a demo operator elsewhere in the cluster is left alone.
+    # Cluster-wide. Tests that run an operator of their own stop this one meanwhile
+    # (OperatorProcess.others_stopped), so that two never act on the same jobs.
     process = OperatorProcess(
-        cluster.kubeconfig,
-        tmp_path_factory.mktemp("operator") / "operator.log",
-        "--namespace",
-        "t-*",
+        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log"
     )
     process.start()
     yield process

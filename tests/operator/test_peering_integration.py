@@ -25,7 +25,7 @@ def test_two_replicas_with_peering_do_not_both_act(
         "crd/kopfpeerings.kopf.dev",
         "crd/clusterkopfpeerings.kopf.dev",
     )
-    namespace = f"peer-{uuid.uuid4().hex[:6]}"  # not t-*: the session's operator stays out
+    namespace = f"peer-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
     kubectl.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "densenet"}},
                   "-n", namespace)  # fmt: skip
@@ -43,6 +43,12 @@ def test_two_replicas_with_peering_do_not_both_act(
         for label, priority in (("high", "20"), ("low", "10"))
     ]
     high, low = replicas
+    with OperatorProcess.others_stopped():
+        run_peers(kubectl, namespace, high, low)
+
+
+def run_peers(kubectl: Any, namespace: str, high: OperatorProcess, low: OperatorProcess) -> None:
+    replicas = (high, low)
     try:
         for replica in replicas:
             replica.start()
