@@ -345,6 +345,7 @@ def worker(config_path: str, result_path: str) -> int:
     results = []
     for cfg in configs:
         reset_between_runs(cfg.device)
+        load_before = os.getloadavg()[0]  # other work on the machine skews cpu numbers
         began = time.perf_counter()
         try:
             runner = {"ours": run_ours, "ref": run_reference, "loader": run_loader_only}
@@ -356,6 +357,7 @@ def worker(config_path: str, result_path: str) -> int:
             traceback.print_exc()
             entry = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         entry["wall_s"] = time.perf_counter() - began
+        entry["loadavg_1m"] = [load_before, os.getloadavg()[0]]
         results.append({"key": cfg.key, "config": asdict(cfg), **entry})
         if rank == 0:  # written after every run, so a timeout keeps what finished
             Path(result_path).write_text(json.dumps(results))

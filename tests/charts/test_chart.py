@@ -775,14 +775,6 @@ def test_the_operator_works_with_the_chart_rbac_only(chart_operator: ChartOperat
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=False,
-    reason="operator bug (reconcile.py ensure_children): the Role and its RoleBinding are created "
-    "concurrently; without `bind`, the API server refuses a RoleBinding whose Role does not exist "
-    "yet, and `_preload_content=False` hides the refusal (kubernetes_asyncio raises no "
-    "ApiException then), so the trainer is left without its RoleBinding. Create the Role first "
-    "and let errors raise; then drop this xfail.",
-)
 def test_the_trainer_gets_its_rolebinding_under_the_chart_rbac(
     chart_operator: ChartOperator,
 ) -> None:

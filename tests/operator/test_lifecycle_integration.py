@@ -129,7 +129,8 @@ def test_an_operator_killed_mid_creation_finishes_without_duplicates(
     # A quota of two pods stops the operator half-way through a four-pod gang.
     jobs.kubectl.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "two-pods"},
                         "spec": {"hard": {"pods": "2"}}}, "-n", jobs.namespace)  # fmt: skip
-    jobs.kubectl.apply(small_job("half", replicas=4), "-n", jobs.namespace)
+    # One NPU per pod: the gang must not depend on the whole test cluster being free.
+    jobs.kubectl.apply(small_job("half", replicas=4, devicesPerReplica=1), "-n", jobs.namespace)
     wait_for(lambda: len(jobs.pods("half")) == 2, what="two of four pods")
     operator.kill()
     try:

@@ -216,8 +216,8 @@ def build_parser(prog: str = "densenet-train") -> argparse.ArgumentParser:
         choices=SGD_IMPLS,
         default="auto",
         help="SGD implementation: one fused kernel (fused), a few multi-tensor kernels "
-        "(foreach), or a loop over the parameters (loop); auto: fused on cuda, foreach on "
-        "cpu, torch's own choice on npu",
+        "(foreach), or a loop over the parameters (loop); auto: fused on cuda and cpu, "
+        "torch's own choice on npu",
     )
     optim.add_argument(
         "--amp-dtype",
