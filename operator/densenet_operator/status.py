@@ -151,7 +151,8 @@ def set_condition(
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": (unchanged and previous.get("lastTransitionTime")) or format_time(now),
+        "lastTransitionTime": (unchanged and previous.get("lastTransitionTime"))
+        or format_time(now),
     }
     if previous is None:
         return [*(dict(c) for c in conditions), updated]

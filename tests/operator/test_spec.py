@@ -43,3 +43,14 @@ def test_resource_name_defaults_per_device_type():
 def test_specs_the_operator_cannot_run_are_refused(spec, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(spec, default_image="i")
+
+
+def test_mixed_precision_defaults_by_device_and_can_be_set():
+    base = {"model": "densenet121", "data": {"synthetic": True}}
+    assert parse_spec(base, default_image="i").recipe.mixed_precision is True
+    cpu = parse_spec({**base, "device": {"type": "cpu"}}, default_image="i")
+    assert cpu.recipe.mixed_precision is False
+    forced = parse_spec(
+        {**base, "device": {"type": "cpu"}, "recipe": {"mixedPrecision": True}}, default_image="i"
+    )
+    assert forced.recipe.mixed_precision is True

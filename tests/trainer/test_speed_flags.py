@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from densenet_trainer.cli import parse_args
-from densenet_trainer.train import build_optimizer, compile_model, main, sgd_impl_kwargs
+from densenet_trainer.train import (
+    build_optimizer,
+    channels_last_default,
+    compile_model,
+    main,
+    sgd_impl_kwargs,
+)
 
 from .conftest import free_port, run_cli
 from .test_train import TINY
@@ -21,6 +27,13 @@ def test_defaults() -> None:
     assert args.compile_mode == "default"
     assert args.sgd_impl == "auto"
     assert args.cudnn_benchmark is True
+
+
+@pytest.mark.parametrize(
+    ("device_type", "expected"), [("cuda", True), ("cpu", True), ("npu", False)]
+)
+def test_channels_last_default(device_type: str, expected: bool) -> None:
+    assert channels_last_default(device_type) is expected
 
 
 def test_flags_are_parsed() -> None:

@@ -114,6 +114,13 @@ def build_optimizer(
     )
 
 
+def channels_last_default(device_type: str) -> bool:
+    """Whether to use channels_last when --[no-]channels-last is not given: measured faster
+    on cuda and cpu (docs/performance.md); off on npu, not measured there (torch_npu keeps
+    its own internal layouts)."""
+    return device_type in ("cuda", "cpu")
+
+
 def compile_model(model: nn.Module, mode: str) -> nn.Module:
     """torch.compile ``model`` (DDP-wrapped or not); state_dicts stay with the unwrapped one."""
     return torch.compile(model, mode=None if mode == "default" else mode)  # type: ignore[return-value]
@@ -235,7 +242,9 @@ def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
         # Input shapes are fixed, so cuDNN's one-off autotuning per layer pays for itself.
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     amp = amp_settings(args.amp, args.amp_dtype, ctx.device)
-    channels_last = ctx.device.type == "cuda" if args.channels_last is None else args.channels_last
+    channels_last = (
+        channels_last_default(ctx.device.type) if args.channels_last is None else args.channels_last
+    )
     logger.info(
         "%s on %d x %s (backend %s), mode %s, batch %d per device, amp %s, channels_last %s, "
         "compile %s, sgd %s",
