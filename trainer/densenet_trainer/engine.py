@@ -190,10 +190,7 @@ def evaluate(
             failed.update(failed_paths)
             if images.shape[0] == 0:
                 continue
-            images = images.to(ctx.device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(ctx.device, non_blocking=True)
+            images, targets = to_device(images, targets, ctx.device, channels_last)
             with amp.autocast():
                 output = model(images)
             output = output.float()
@@ -265,6 +262,16 @@ def _progress_bar(total: int | None, enabled: bool, description: str) -> Any:
     return tqdm(total=total, desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+def to_device(
+    images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on the device (asynchronously from pinned memory), in the model's memory format."""
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -316,10 +323,7 @@ def train_one_epoch(
         data_wait = time.perf_counter() - wait_start
         failed.update(failed_paths)
 
-        images = images.to(ctx.device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        targets = targets.to(ctx.device, non_blocking=True)
+        images, targets = to_device(images, targets, ctx.device, channels_last)
 
         with amp.autocast():
             output = model(images)
