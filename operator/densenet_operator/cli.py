@@ -39,6 +39,8 @@ def _devices_per_replica(pods: Sequence[Mapping[str, Any]]) -> int | None:
         raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
             naming.ASCEND_CONFIG_ANNOTATION
         )
+        if not isinstance(raw, str):
+            continue
         try:
             return len(json.loads(raw)["devices"])
         except (TypeError, ValueError, KeyError):

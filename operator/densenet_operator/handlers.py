@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes_asyncio import client, config
@@ -32,7 +32,10 @@ async def _api_client() -> client.ApiClient:
 
 
 def _record(body: Mapping[str, Any], event: Event) -> None:
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+    # kopf only reads the body's apiVersion, kind and metadata to address the event.
+    kopf.event(
+        cast(kopf.Body, dict(body)), type=event.type, reason=event.reason, message=event.message
+    )
 
 
 @kopf.on.startup()
@@ -73,31 +76,34 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
-def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+def job_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Any]:
     # kopf fills every index before any other handler runs: after a restart, the operator
     # never mistakes "not listed yet" for "pod gone".
-    return {(namespace, labels[naming.LABEL_JOB]): trim_pod(body)}
+    return {(namespace or "", labels[naming.LABEL_JOB]): trim_pod(body)}
 
 
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
-async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(
+    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
     # async on purpose: kopf runs sync handlers in threads, and an asyncio.Event set from a
     # thread never wakes the worker.
-    memo.workers.poke((namespace, labels[naming.LABEL_JOB]))
+    memo.workers.poke((namespace or "", labels[naming.LABEL_JOB]))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_changed(
-    event: Mapping[str, Any],
-    namespace: str,
+    event: kopf.RawEvent,
+    namespace: str | None,
     name: str,
     uid: str,
     memo: kopf.Memo,
-    job_pods: kopf.Index[Key, Any],
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    memo.indices["pods"] = job_pods
-    key = (namespace, name)
+    memo.indices["pods"] = kwargs["job_pods"]  # the live index, passed by its function's name
+    key = (namespace or "", name)
     if event.get("type") == "DELETED":
         await memo.workers.stop(key)
         memo.reconciler.forget(uid)

@@ -346,10 +346,10 @@ def plan(
                 pod_names=[naming.pod_name(job.ref.name, i) for i in range(spec.replicas)],
             )
         except ranktable.RankTableIncomplete as incomplete:
-            waiting, message = _rank_table_waiting_message(incomplete)
+            blocking, message = _rank_table_waiting_message(incomplete)
             new["rankTable"] = {
                 "status": ranktable.INITIALIZING,
-                "waitingFor": waiting,
+                "waitingFor": blocking,
                 "message": message,
             }
             if ranktable.table_status(rank_table) != ranktable.INITIALIZING or rank_table is None:

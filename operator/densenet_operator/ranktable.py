@@ -160,15 +160,15 @@ def collect_servers(
             by_index[index] = pod
     servers: list[Server] = []
     for index in range(replicas):
-        pod = by_index.get(index)
-        if pod is None:
+        found = by_index.get(index)
+        if found is None:
             label = pod_names[index] if pod_names else f"replica {index}"
             problems.append(PodProblem(label, "does not exist yet"))
             continue
         try:
-            servers.append(_server(pod, devices_per_replica))
+            servers.append(_server(found, devices_per_replica))
         except _Problem as problem:
-            problems.append(PodProblem(pod["metadata"]["name"], str(problem)))
+            problems.append(PodProblem(found["metadata"]["name"], str(problem)))
     if problems:
         raise RankTableIncomplete(problems)
     return servers

@@ -145,14 +145,15 @@ def set_condition(
     """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
     value = "True" if status else "False"
     previous = next((c for c in conditions if c.get("type") == type_), None)
-    unchanged = previous is not None and previous.get("status") == value
+    kept = (
+        previous.get("lastTransitionTime") if previous and previous.get("status") == value else None
+    )
     updated = {
         "type": type_,
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": (unchanged and previous.get("lastTransitionTime"))
-        or format_time(now),
+        "lastTransitionTime": kept or format_time(now),
     }
     if previous is None:
         return [*(dict(c) for c in conditions), updated]
