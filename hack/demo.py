@@ -40,15 +40,9 @@ def say(message: str) -> None:
 class Demo:
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
-        self.kubectl_path = cluster.kubectl_path
+        self.kubectl = cluster.kubectl  # raises with kubectl's stderr on failure
         self.helm = Path(sys.executable).parent / "helm"
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.kubectl_path), *args], input=input, text=True, capture_output=True,
-                              env=self.env, check=check)  # fmt: skip
 
     def install_chart(self) -> None:
         say("installing the chart's CRD and RBAC (helm)")

@@ -175,7 +175,7 @@ class Reconciler:
         )  # fmt: skip
 
         patched = None
-        patch = status_patch({k: v for k, v in old_status.items() if k != "training"}, plan.status)
+        patch = status_patch(old_status, plan.status)
         if patch is not None:
             patched = await self._call(
                 self.custom.patch_namespaced_custom_object_status,

@@ -16,6 +16,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 from localoperator import OperatorProcess, wait_for  # noqa: E402
 
+from tests.conftest import localcluster  # noqa: E402
+
 ASCEND_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
 __all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 
@@ -37,9 +39,10 @@ def operator(
 class Jobs:
     """Helpers on DenseNetTrainings and their pods in one namespace."""
 
-    def __init__(self, kubectl: Any, namespace: str) -> None:
+    def __init__(self, kubectl: Any, namespace: str, cluster: Any) -> None:
         self.kubectl = kubectl
         self.namespace = namespace
+        self.cluster = cluster
 
     def get(self, name: str) -> dict[str, Any]:
         return self.kubectl.json("get", "dnt", name, "-n", self.namespace)
@@ -104,20 +107,12 @@ class Jobs:
         return json.loads(configmap["data"]["hccl.json"])
 
     def set_pod_phase(self, pod_name: str, phase: str, exit_code: int | None = None) -> None:
-        """Ends a pod as its kubelet would: phase, and the trainer container's exit code."""
-        status: dict[str, Any] = {"phase": phase}
-        if exit_code is not None:
-            status["containerStatuses"] = [{
-                "name": "trainer", "image": "densenet-trainer:test", "imageID": "", "ready": False,
-                "restartCount": 0,
-                "state": {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed"}},
-            }]  # fmt: skip
-        self.kubectl(
-            "patch", "pod", pod_name, "-n", self.namespace, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": status}),
-        )  # fmt: skip
+        """Ends a pod as its kubelet would (phase, Ready conditions, the container's exit code)."""
+        localcluster.set_pod_phase(
+            self.cluster, self.namespace, pod_name, phase, exit_code=exit_code
+        )
 
 
 @pytest.fixture
-def jobs(kubectl: Any, namespace: str, operator: OperatorProcess) -> Jobs:
-    return Jobs(kubectl, namespace)
+def jobs(cluster: Any, kubectl: Any, namespace: str, operator: OperatorProcess) -> Jobs:
+    return Jobs(kubectl, namespace, cluster)

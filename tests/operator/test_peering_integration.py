@@ -62,7 +62,7 @@ def run_peers(kubectl: Any, namespace: str, high: OperatorProcess, low: Operator
         wait_for(
             lambda: kubectl("get", "sa", "default", "-n", namespace, check=False).returncode == 0
         )
-        jobs = Jobs(kubectl, namespace)
+        jobs = Jobs(kubectl, namespace, None)  # never ends a pod by hand
         kubectl.apply(small_job("peered", replicas=2), "-n", namespace)
         jobs.wait_running_pods("peered", 2)
         assert jobs.wait_phase("peered", "Running")["worldSize"] == 16
