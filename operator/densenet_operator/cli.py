@@ -9,49 +9,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from densenet_operator import naming, ranktable
+from densenet_operator import ranktable
+from densenet_operator.podrecord import PodRecord, newest_gang
 
 
-def _pods_for_table(pod_list: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Live pods of the newest gang (older gangs are leftovers of a restart)."""
-    items = [
-        p
-        for p in pod_list.get("items", [pod_list] if pod_list.get("kind") == "Pod" else [])
-        if not (p.get("metadata") or {}).get("deletionTimestamp")
-    ]
-    gangs = {
-        int(g)
-        for p in items
-        if (
-            g := ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_GANG, "0")
-        ).isdigit()
-    }
-    newest = str(max(gangs, default=0))
-    return [
-        p
-        for p in items
-        if ((p.get("metadata") or {}).get("labels") or {}).get(naming.LABEL_GANG, "0") == newest
-    ]
-
-
-def _devices_per_replica(pods: Sequence[Mapping[str, Any]]) -> int | None:
-    for pod in pods:
-        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(
-            naming.ASCEND_CONFIG_ANNOTATION
-        )
-        if not isinstance(raw, str):
-            continue
-        try:
-            return len(json.loads(raw)["devices"])
-        except (TypeError, ValueError, KeyError):
-            continue
-    return None
+def _records(pod_list: Mapping[str, Any]) -> list[PodRecord]:
+    """A PodList (or one Pod) as records."""
+    items = pod_list.get("items", [pod_list] if pod_list.get("kind") == "Pod" else [])
+    return [PodRecord.from_pod(pod) for pod in items]
 
 
 def rank_table_command(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     try:
-        pods = _pods_for_table(json.loads(text))
+        pods = newest_gang(_records(json.loads(text)))
     except ValueError as error:
         print(
             f"error: input is not JSON ({error}); pipe `kubectl get pods -o json`", file=sys.stderr
@@ -60,7 +31,9 @@ def rank_table_command(args: argparse.Namespace) -> int:
     if not pods:
         print("error: no pods in the input", file=sys.stderr)
         return 2
-    devices = args.devices_per_replica or _devices_per_replica(pods)
+    devices = args.devices_per_replica or next(
+        (count for pod in pods if (count := ranktable.device_count(pod)) is not None), None
+    )
     if devices is None:
         print(
             "error: no pod carries the ascend-910-configuration annotation; "

@@ -1,4 +1,4 @@
-"""kopf handlers: thin. They gather inputs and hand them to the per-job workers."""
+"""kopf handlers: thin. They gather inputs and hand them to the per-job tasks."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any, cast
 import kopf
 from kubernetes_asyncio import client, config
 
+from densenet_contract import GROUP, PLURAL, VERSION
 from densenet_operator import naming
+from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
+from densenet_operator.podrecord import PodRecord
 from densenet_operator.reconcile import Reconciler
-from densenet_operator.spec import GROUP, PLURAL, VERSION
-from densenet_operator.status import trim_pod
-from densenet_operator.workers import JobWorkers, Key
 
 DEFAULT_TRAINER_IMAGE = "densenet-trainer:0.1.0"
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     indices: dict[str, Any] = {"pods": {}}
     memo.api = api
     memo.reconciler = reconciler
-    memo.workers = JobWorkers(run_pass)
+    memo.job_tasks = JobTasks(run_pass)
     memo.indices = indices
 
 
@@ -71,7 +71,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     log.info(
         "made %d API requests for %d job(s)", memo.reconciler.requests, len(memo.reconciler.ensured)
     )
-    await memo.workers.stop_all()
+    await memo.job_tasks.stop_all()
     await memo.api.close()
 
 
@@ -81,7 +81,7 @@ def job_pods(
 ) -> dict[Key, Any]:
     # kopf fills every index before any other handler runs: after a restart, the operator
     # never mistakes "not listed yet" for "pod gone".
-    return {(namespace or "", labels[naming.LABEL_JOB]): trim_pod(body)}
+    return {(namespace or "", labels[naming.LABEL_JOB]): PodRecord.from_pod(body)}
 
 
 @kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
@@ -89,8 +89,8 @@ async def pod_changed(
     namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
     # async on purpose: kopf runs sync handlers in threads, and an asyncio.Event set from a
-    # thread never wakes the worker.
-    memo.workers.poke((namespace or "", labels[naming.LABEL_JOB]))
+    # thread never wakes the job's task.
+    memo.job_tasks.poke((namespace or "", labels[naming.LABEL_JOB]))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -105,7 +105,7 @@ async def job_changed(
     memo.indices["pods"] = kwargs["job_pods"]  # the live index, passed by its function's name
     key = (namespace or "", name)
     if event.get("type") == "DELETED":
-        await memo.workers.stop(key)
+        await memo.job_tasks.stop(key)
         memo.reconciler.forget(uid)
         return
-    memo.workers.update(key, event["object"])
+    memo.job_tasks.update(key, event["object"])

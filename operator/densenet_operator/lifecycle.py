@@ -6,6 +6,12 @@ state of its own: everything it needs is in the API server, so an operator kille
 point continues where it was (no duplicate pods, no re-run of a finished job, the restart
 count kept), and unit tests can drive every transition.
 
+A pass is a pipeline of named steps over one `Draft` (the status being written and the plan
+being built); a step that settles the pass returns True and the later steps do not run:
+
+    finished -> suspended -> deadline -> failures -> succeeded -> converge_gang
+             -> running_phase -> rank_table
+
 Gangs: pods carry the restart count they were created under (label `gang`). A restart first
 raises status.restarts, then deletes every pod; pods of an older gang are never counted and
 their names are reused only once they are gone.
@@ -14,22 +20,21 @@ their names are reused only once they are gone.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from densenet_operator import naming, ranktable
+from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
 from densenet_operator.status import (
     FAILED,
     FINISHED,
-    PENDING,
     RANK_TABLE_READY,
     RESTARTING,
     RUNNING,
     SUCCEEDED,
     SUSPENDED,
-    PodState,
     format_time,
     parse_time,
     pod_counts,
@@ -53,6 +58,7 @@ INFRASTRUCTURE_REASONS = frozenset(
     }
 )
 MAX_WAITING_SHOWN = 8
+INITIALIZING_TABLE = ranktable.dumps(ranktable.initializing_table())
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class Plan:
     requeue_after: float | None = None
 
 
-def classify_failure(pod: PodState, policy: RunPolicy) -> Failure:
+def classify_failure(pod: PodRecord, policy: RunPolicy) -> Failure:
     """Retryable (restart the gang) or permanent (fail the job), after Kubeflow's ExitCode policy:
     signals and kills (128+, e.g. 137 for an OOM kill) and infrastructure reasons are
     retryable; 1-127 come from the user's code and are permanent unless listed as retryable."""
@@ -109,7 +115,105 @@ def _vanished(pod_name: str) -> Failure:
     return Failure(pod_name, None, "pod disappeared (deleted, or its node was lost)", True)
 
 
-def _pods_to_clean(pods: Sequence[PodState], policy: str) -> list[str]:
+def _order(pod: PodRecord) -> int:
+    return pod.index if pod.index is not None else 1 << 30
+
+
+@dataclass
+class Draft:
+    """One pass: what was observed, the status being written and the plan being built."""
+
+    job: Job
+    now: dt.datetime
+    phase: str  # the phase so far in this pass
+    restarts: int
+    status: dict[str, Any]  # the new status (the trainer's `training` block left out)
+    conditions: list[dict[str, Any]]
+    pods: Sequence[PodRecord]  # every pod of the job, terminating ones included
+    published_table: str | None  # the rank table's current content
+    plan: Plan = field(init=False)
+    count_pods: bool = True  # a finished job's status keeps the counts it finished with
+
+    def __post_init__(self) -> None:
+        self.plan = Plan(status=self.status)
+
+    @classmethod
+    def start(
+        cls,
+        job: Job,
+        status: Mapping[str, Any],
+        pods: Sequence[PodRecord],
+        now: dt.datetime,
+        published_table: str | None,
+    ) -> Draft:
+        restarts = int(status.get("restarts") or 0)
+        new = {key: value for key, value in status.items() if key != "training"}
+        new.update(worldSize=job.spec.world_size, observedGeneration=job.generation,
+                   restarts=restarts)  # fmt: skip
+        return cls(job, now, status.get("phase") or PENDING, restarts, new,
+                   list(status.get("conditions") or ()), pods, published_table)  # fmt: skip
+
+    @property
+    def policy(self) -> RunPolicy:
+        return self.job.spec.run_policy
+
+    @property
+    def live(self) -> list[PodRecord]:
+        return [p for p in self.pods if not p.terminating]
+
+    @property
+    def current(self) -> list[PodRecord]:
+        """The live pods of the current gang."""
+        return [p for p in self.live if p.gang == self.restarts]
+
+    @property
+    def by_index(self) -> dict[int, PodRecord]:
+        return {p.index: p for p in self.current if p.index is not None}
+
+    def transition(
+        self, to: str, reason: str, message: str, event_type: str = "Normal", record: bool = True
+    ) -> None:
+        if record and (to != self.phase or self.status.get("reason") != reason):
+            self.plan.events.append(Event(event_type, reason, message))
+        self.status.update(phase=to, reason=reason, message=message)
+        self.conditions = set_phase_conditions(self.conditions, to, reason, message, self.now)
+        self.phase = to
+
+    def finish(self, to: str, reason: str, message: str) -> None:
+        """Succeeded or Failed, with the pods cleanPodPolicy removes."""
+        self.transition(to, reason, message, "Normal" if to == SUCCEEDED else "Warning")
+        self.status["completionTime"] = format_time(self.now)
+        self.plan.delete = _pods_to_clean(self.live, self.policy.clean_pod_policy)
+
+    def set_rank_table(self, summary: dict[str, Any], table: str) -> None:
+        """The status's rankTable block, and the ConfigMap content when it changes."""
+        if not self.job.spec.uses_rank_table:
+            return
+        self.status["rankTable"] = summary
+        if table == INITIALIZING_TABLE:
+            # Written only when the ConfigMap says something else: once, not every pass.
+            if ranktable.table_status(self.published_table) != ranktable.INITIALIZING or (
+                self.published_table is None
+            ):
+                self.plan.rank_table = table
+        elif table != self.published_table:
+            self.plan.rank_table = table
+
+    def reset_rank_table(self) -> None:
+        self.set_rank_table(
+            {"status": ranktable.INITIALIZING, "waitingFor": [],
+             "message": "the gang is being (re)created"},
+            INITIALIZING_TABLE,
+        )  # fmt: skip
+
+    def close(self) -> Plan:
+        if self.count_pods:
+            self.status["pods"] = pod_counts(self.current)
+        self.status["conditions"] = self.conditions
+        return self.plan
+
+
+def _pods_to_clean(pods: Sequence[PodRecord], policy: str) -> list[str]:
     if policy == "All":
         return [p.name for p in pods]
     if policy == "Running":
@@ -117,270 +221,230 @@ def _pods_to_clean(pods: Sequence[PodState], policy: str) -> list[str]:
     return []
 
 
-def _rank_table_waiting_message(error: ranktable.RankTableIncomplete) -> tuple[list[str], str]:
-    waiting = error.waiting_for
-    shown = waiting[:MAX_WAITING_SHOWN]
-    if len(waiting) > len(shown):
-        shown.append(f"... and {len(waiting) - len(shown)} more")
-    return shown, f"waiting for {len(waiting)} pod(s): {waiting[0]}"
+# ---------------------------------------------------------------- the steps
+
+
+def finished(draft: Draft) -> bool:
+    """Finished jobs never run again; only clean-up and the TTL remain."""
+    if draft.phase not in FINISHED:
+        return False
+    draft.count_pods = False
+    policy, plan = draft.policy, draft.plan
+    plan.delete = _pods_to_clean(draft.live, policy.clean_pod_policy)
+    finished_at = parse_time(draft.status.get("completionTime"))
+    if policy.ttl_seconds_after_finished is None or finished_at is None:
+        return True
+    expires = finished_at + dt.timedelta(seconds=policy.ttl_seconds_after_finished)
+    if draft.now >= expires:
+        plan.delete_job = True
+        plan.events.append(Event("Normal", "TTLExpired", "deleting the job "
+                                 f"{policy.ttl_seconds_after_finished}s after it finished"))  # fmt: skip
+    else:
+        plan.requeue_after = (expires - draft.now).total_seconds()
+    return True
+
+
+def suspended(draft: Draft) -> bool:
+    """Suspended: no pods; the job and its restart count are kept. Resumed: back to Pending."""
+    if not draft.policy.suspend:
+        if draft.phase == SUSPENDED:
+            draft.transition(PENDING, "Resumed", "runPolicy.suspend is false: recreating the gang")
+        return False
+    draft.plan.delete = [p.name for p in draft.live]
+    if draft.phase != SUSPENDED:
+        draft.transition(SUSPENDED, "Suspended", "runPolicy.suspend is true: the pods are deleted")
+    draft.status.pop("startTime", None)  # the deadline counts from the resume, as for a Job
+    draft.reset_rank_table()
+    return True
+
+
+def deadline(draft: Draft) -> bool:
+    """activeDeadlineSeconds, counted from the start of the gang."""
+    started = parse_time(draft.status.get("startTime"))
+    limit = draft.policy.active_deadline_seconds
+    if started is None or limit is None:
+        return False
+    ends = started + dt.timedelta(seconds=limit)
+    if draft.now < ends:
+        draft.plan.requeue_after = (ends - draft.now).total_seconds()
+        return False
+    draft.finish(
+        FAILED, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={limit}"
+    )
+    return True
+
+
+def _current_failures(draft: Draft) -> list[Failure]:
+    failed = [p for p in sorted(draft.current, key=_order) if p.phase == FAILED]
+    failures = [classify_failure(p, draft.policy) for p in failed]
+    # A missing pod is a loss only once the whole gang has been seen running; before that it
+    # is still to be created (e.g. by an operator that was killed mid-creation).
+    if not failures and draft.phase == RUNNING:
+        by_index = draft.by_index
+        failures = [
+            _vanished(naming.pod_name(draft.job.ref.name, index))
+            for index in range(draft.job.spec.replicas)
+            if index not in by_index
+        ]
+    return failures
+
+
+def failures(draft: Draft) -> bool:
+    """A failed (or vanished) pod of the current gang: restart the whole gang, or fail the job."""
+    found = _current_failures(draft)
+    if not found:
+        return False
+    policy, restarts = draft.policy, draft.restarts
+    failure = next((f for f in found if not f.retryable), found[0])
+    if not failure.retryable:
+        draft.finish(FAILED, "PermanentFailure", f"{failure.describe()}: not retryable under "
+                     f"restartPolicy {policy.restart_policy}; restarts: {restarts}")  # fmt: skip
+    elif restarts >= policy.backoff_limit:
+        draft.finish(FAILED, "BackoffLimitExceeded", f"{failure.describe()}; restarts: "
+                     f"{restarts}, backoffLimit: {policy.backoff_limit}")  # fmt: skip
+    else:
+        restart_gang(draft, failure)
+    return True
+
+
+def restart_gang(draft: Draft, failure: Failure) -> None:
+    # Status first (the reconciler writes it before deleting): a crash in between leaves pods
+    # of an old gang, which the next pass deletes; never a lost count. The pods counted in
+    # this status are still those of the gang that failed.
+    counted = draft.current
+    draft.restarts += 1
+    draft.status.update(restarts=draft.restarts, lastRestartTime=format_time(draft.now))
+    replicas, limit = draft.job.spec.replicas, draft.policy.backoff_limit
+    draft.transition(RESTARTING, "GangRestart", f"{failure.describe()}: restarting all "
+                     f"{replicas} pod(s), restart {draft.restarts} of {limit}", "Warning")  # fmt: skip
+    draft.plan.delete = [p.name for p in draft.live]
+    draft.reset_rank_table()
+    draft.status["pods"] = pod_counts(counted)
+    draft.count_pods = False
+
+
+def succeeded(draft: Draft) -> bool:
+    by_index, replicas = draft.by_index, draft.job.spec.replicas
+    if len(by_index) != replicas or any(p.phase != SUCCEEDED for p in by_index.values()):
+        return False
+    draft.finish(SUCCEEDED, "AllPodsSucceeded", f"all {replicas} pod(s) completed")
+    return True
+
+
+def converge_gang(draft: Draft) -> bool:
+    """Old gangs' pods out, the current gang's missing pods in."""
+    spec, plan, job_name = draft.job.spec, draft.plan, draft.job.ref.name
+    plan.delete = [p.name for p in draft.live if p.gang != draft.restarts]
+    taken, by_index = {p.name for p in draft.pods}, draft.by_index
+    plan.create = [
+        index
+        for index in range(spec.replicas)
+        if index not in by_index and naming.pod_name(job_name, index) not in taken
+    ]
+    if not plan.create:
+        return False
+    if "startTime" not in draft.status:
+        draft.status["startTime"] = format_time(draft.now)
+        if draft.policy.active_deadline_seconds is not None:
+            plan.requeue_after = float(draft.policy.active_deadline_seconds)
+    if draft.phase == PENDING and not any(c.get("type") == "Created" for c in draft.conditions):
+        message = f"creating {spec.replicas} pod(s)"
+        draft.conditions = set_condition(
+            draft.conditions, "Created", True, "PodsCreated", message, draft.now
+        )
+        plan.events.append(Event("Normal", "Creating", f"{message}, {spec.world_size} rank(s) "
+                                 f"of {spec.model}"))  # fmt: skip
+    return False
+
+
+def running_phase(draft: Draft) -> bool:
+    """Running once every pod of the gang runs; otherwise why it is still waiting."""
+    by_index, replicas = draft.by_index, draft.job.spec.replicas
+    if len(by_index) == replicas and all(
+        p.phase in (RUNNING, SUCCEEDED) for p in by_index.values()
+    ):
+        if draft.phase == RESTARTING:
+            draft.transition(RUNNING, "GangRestarted",
+                             f"all {replicas} pod(s) of restart {draft.restarts} are running")  # fmt: skip
+        elif draft.phase != RUNNING:  # steady state keeps its reason (e.g. GangRestarted)
+            draft.transition(RUNNING, "AllPodsRunning", f"all {replicas} pod(s) are running")
+        return False
+    unschedulable = [p for p in draft.current if p.unschedulable]
+    if unschedulable:
+        reason, message = (
+            "Unschedulable",
+            f"{unschedulable[0].name}: {unschedulable[0].unschedulable}",
+        )
+    else:
+        waiting = replicas - sum(p.phase in (RUNNING, SUCCEEDED) for p in draft.current)
+        reason, message = "PodsStarting", f"waiting for {waiting} of {replicas} pod(s) to run"
+    if draft.phase == RESTARTING:
+        draft.status.update(phase=RESTARTING, reason="GangRestart", message=message)
+    else:
+        # Waiting for pods to start is no news; being unschedulable is.
+        draft.transition(PENDING, reason, message, "Warning", record=bool(unschedulable))
+    return False
+
+
+def rank_table(draft: Draft) -> bool:
+    """The rank table, from the current gang only: complete and valid, or initializing."""
+    spec, job_name = draft.job.spec, draft.job.ref.name
+    if not spec.uses_rank_table:
+        return False
+    try:
+        table = ranktable.build_rank_table(
+            draft.current, replicas=spec.replicas, devices_per_replica=spec.devices_per_replica,
+            fmt=spec.rank_table_format,
+            pod_names=[naming.pod_name(job_name, i) for i in range(spec.replicas)],
+        )  # fmt: skip
+    except ranktable.RankTableIncomplete as incomplete:
+        waiting = incomplete.waiting_for
+        shown = waiting[:MAX_WAITING_SHOWN]
+        if len(waiting) > len(shown):
+            shown.append(f"... and {len(waiting) - len(shown)} more")
+        message = f"waiting for {len(waiting)} pod(s): {waiting[0]}"
+        draft.set_rank_table({"status": ranktable.INITIALIZING, "waitingFor": shown,
+                              "message": message}, INITIALIZING_TABLE)  # fmt: skip
+        draft.conditions = set_condition(
+            draft.conditions, RANK_TABLE_READY, False, "WaitingForPods", message, draft.now
+        )
+        return False
+    message = f"{spec.world_size} rank(s) on {spec.replicas} server(s)"
+    text = ranktable.dumps(table)
+    if text != draft.published_table:
+        draft.plan.events.append(Event("Normal", "RankTableCompleted", "published "
+            f"{naming.rank_table_configmap_name(job_name)} with {spec.world_size} rank(s)"))  # fmt: skip
+    draft.set_rank_table({"status": ranktable.COMPLETED, "waitingFor": [],
+                          "ranks": spec.world_size, "message": message}, text)  # fmt: skip
+    draft.conditions = set_condition(
+        draft.conditions, RANK_TABLE_READY, True, "Completed", message, draft.now
+    )
+    return False
+
+
+Step = Callable[[Draft], bool]
+STEPS: tuple[Step, ...] = (
+    finished,
+    suspended,
+    deadline,
+    failures,
+    succeeded,
+    converge_gang,
+    running_phase,
+    rank_table,
+)
 
 
 def plan(
     job: Job,
     status: Mapping[str, Any],
-    pods: Sequence[PodState],
+    pods: Sequence[PodRecord],
     now: dt.datetime,
-    rank_table: str | None = None,
+    published_table: str | None = None,
 ) -> Plan:
     """What to do next for `job`, given its last `status`, its `pods` and the published table."""
-    spec, policy = job.spec, job.spec.run_policy
-    new: dict[str, Any] = {key: value for key, value in status.items() if key not in ("training",)}
-    new["worldSize"] = spec.world_size
-    new["observedGeneration"] = job.generation
-    conditions: list[dict[str, Any]] = list(status.get("conditions") or ())
-    phase = status.get("phase") or PENDING
-    restarts = int(status.get("restarts") or 0)
-    new["restarts"] = restarts
-    result = Plan(status=new)
-    live = [p for p in pods if not p.terminating]
-    current = [p for p in live if p.gang == restarts]
-    stale = [p for p in live if p.gang != restarts]
-    initializing = ranktable.dumps(ranktable.initializing_table())
-
-    def transition(
-        to: str, reason: str, message: str, event_type: str = "Normal", record: bool = True
-    ) -> None:
-        nonlocal conditions
-        if record and (to != phase or new.get("reason") != reason):
-            result.events.append(Event(event_type, reason, message))
-        new["phase"], new["reason"], new["message"] = to, reason, message
-        conditions = set_phase_conditions(conditions, to, reason, message, now)
-
-    def finish(to: str, reason: str, message: str) -> None:
-        transition(to, reason, message, "Normal" if to == SUCCEEDED else "Warning")
-        new["completionTime"] = format_time(now)
-
-    def reset_rank_table() -> None:
-        if spec.uses_rank_table:
-            new["rankTable"] = {
-                "status": ranktable.INITIALIZING,
-                "waitingFor": [],
-                "message": "the gang is being (re)created",
-            }
-            if ranktable.table_status(rank_table) != ranktable.INITIALIZING or rank_table is None:
-                result.rank_table = initializing
-
-    # 1. Finished jobs never run again; only clean-up and TTL remain.
-    if phase in FINISHED:
-        result.delete = _pods_to_clean(live, policy.clean_pod_policy)
-        finished_at = parse_time(status.get("completionTime"))
-        if policy.ttl_seconds_after_finished is not None and finished_at is not None:
-            expires = finished_at + dt.timedelta(seconds=policy.ttl_seconds_after_finished)
-            if now >= expires:
-                result.delete_job = True
-                result.events.append(
-                    Event(
-                        "Normal",
-                        "TTLExpired",
-                        f"deleting the job {policy.ttl_seconds_after_finished}s after it finished",
-                    )
-                )
-            else:
-                result.requeue_after = (expires - now).total_seconds()
-        new["conditions"] = conditions
-        return result
-
-    # 2. Suspended: no pods, the job and its restart count are kept.
-    if policy.suspend:
-        result.delete = [p.name for p in live]
-        if phase != SUSPENDED:
-            transition(SUSPENDED, "Suspended", "runPolicy.suspend is true: the pods are deleted")
-        new.pop("startTime", None)  # the deadline counts from the resume, as for a Job
-        reset_rank_table()
-        new["pods"] = pod_counts(current)
-        new["conditions"] = conditions
-        return result
-    if phase == SUSPENDED:
-        transition(PENDING, "Resumed", "runPolicy.suspend is false: recreating the gang")
-        phase = PENDING
-
-    # 3. The deadline.
-    started = parse_time(status.get("startTime"))
-    if started is not None and policy.active_deadline_seconds is not None:
-        deadline = started + dt.timedelta(seconds=policy.active_deadline_seconds)
-        if now >= deadline:
-            finish(
-                FAILED,
-                "DeadlineExceeded",
-                f"the job ran longer than activeDeadlineSeconds={policy.active_deadline_seconds}",
-            )
-            result.delete = _pods_to_clean(live, policy.clean_pod_policy)
-            new["conditions"] = conditions
-            return result
-        result.requeue_after = (deadline - now).total_seconds()
-
-    # 4. Failures of the current gang: restart it whole, or fail the job.
-    by_index = {p.index: p for p in current if p.index is not None}
-    failures = [
-        classify_failure(p, policy) for p in sorted(current, key=_order) if p.phase == FAILED
-    ]
-    # A missing pod is a loss only once the whole gang has been seen running; before that it
-    # is still to be created (e.g. by an operator that was killed mid-creation).
-    if not failures and phase == RUNNING:
-        failures = [
-            _vanished(naming.pod_name(job.ref.name, index))
-            for index in range(spec.replicas)
-            if index not in by_index
-        ]
-    if failures:
-        failure = next((f for f in failures if not f.retryable), failures[0])
-        if not failure.retryable:
-            finish(
-                FAILED,
-                "PermanentFailure",
-                f"{failure.describe()}: not retryable under restartPolicy "
-                f"{policy.restart_policy}; restarts: {restarts}",
-            )
-            result.delete = _pods_to_clean(live, policy.clean_pod_policy)
-        elif restarts >= policy.backoff_limit:
-            finish(
-                FAILED,
-                "BackoffLimitExceeded",
-                f"{failure.describe()}; restarts: {restarts}, backoffLimit: {policy.backoff_limit}",
-            )
-            result.delete = _pods_to_clean(live, policy.clean_pod_policy)
-        else:
-            restarts += 1
-            new["restarts"] = restarts
-            new["lastRestartTime"] = format_time(now)
-            transition(
-                RESTARTING,
-                "GangRestart",
-                f"{failure.describe()}: restarting all {spec.replicas} pod(s), "
-                f"restart {restarts} of {policy.backoff_limit}",
-                "Warning",
-            )
-            # Status first (the reconciler writes it before deleting): a crash in between
-            # leaves pods of an old gang, which the next pass deletes; never a lost count.
-            result.delete = [p.name for p in live]
-            reset_rank_table()
-        new["pods"] = pod_counts(current)
-        new["conditions"] = conditions
-        return result
-
-    # 5. Success.
-    if len(by_index) == spec.replicas and all(p.phase == SUCCEEDED for p in by_index.values()):
-        finish(SUCCEEDED, "AllPodsSucceeded", f"all {spec.replicas} pod(s) completed")
-        result.delete = _pods_to_clean(live, policy.clean_pod_policy)
-        new["pods"] = pod_counts(current)
-        new["conditions"] = conditions
-        return result
-
-    # 6. Converge on the gang: old pods out, missing pods in.
-    result.delete = [p.name for p in stale]
-    taken = {p.name for p in pods}
-    result.create = [
-        index
-        for index in range(spec.replicas)
-        if index not in by_index and naming.pod_name(job.ref.name, index) not in taken
-    ]
-    if result.create and "startTime" not in new:
-        new["startTime"] = format_time(now)
-        if policy.active_deadline_seconds is not None:
-            result.requeue_after = float(policy.active_deadline_seconds)
-    if (
-        result.create
-        and phase == PENDING
-        and not any(c.get("type") == "Created" for c in conditions)
-    ):
-        conditions = set_condition(
-            conditions, "Created", True, "PodsCreated", f"creating {spec.replicas} pod(s)", now
-        )
-        result.events.append(
-            Event(
-                "Normal",
-                "Creating",
-                f"creating {spec.replicas} pod(s), {spec.world_size} rank(s) of {spec.model}",
-            )
-        )
-
-    all_running = len(by_index) == spec.replicas and all(
-        p.phase in (RUNNING, SUCCEEDED) for p in by_index.values()
-    )
-    if all_running:
-        if phase == RESTARTING:
-            transition(
-                RUNNING,
-                "GangRestarted",
-                f"all {spec.replicas} pod(s) of restart {restarts} are running",
-            )
-        elif phase != RUNNING:  # steady state keeps its reason (e.g. GangRestarted)
-            transition(RUNNING, "AllPodsRunning", f"all {spec.replicas} pod(s) are running")
-    else:
-        unschedulable = [p for p in current if p.unschedulable]
-        if unschedulable:
-            reason, message = (
-                "Unschedulable",
-                f"{unschedulable[0].name}: {unschedulable[0].unschedulable}",
-            )
-        else:
-            waiting = spec.replicas - sum(p.phase in (RUNNING, SUCCEEDED) for p in current)
-            reason, message = (
-                "PodsStarting",
-                f"waiting for {waiting} of {spec.replicas} pod(s) to run",
-            )
-        if phase == RESTARTING:
-            new["phase"], new["reason"], new["message"] = RESTARTING, "GangRestart", message
-        else:
-            # Waiting for pods to start is no news; being unschedulable is.
-            transition(PENDING, reason, message, "Warning", record=bool(unschedulable))
-
-    # 7. The rank table, from the current gang only.
-    if spec.uses_rank_table:
-        try:
-            table = ranktable.build_rank_table(
-                [p.raw for p in current],
-                replicas=spec.replicas,
-                devices_per_replica=spec.devices_per_replica,
-                fmt=spec.rank_table_format,
-                pod_names=[naming.pod_name(job.ref.name, i) for i in range(spec.replicas)],
-            )
-        except ranktable.RankTableIncomplete as incomplete:
-            blocking, message = _rank_table_waiting_message(incomplete)
-            new["rankTable"] = {
-                "status": ranktable.INITIALIZING,
-                "waitingFor": blocking,
-                "message": message,
-            }
-            if ranktable.table_status(rank_table) != ranktable.INITIALIZING or rank_table is None:
-                result.rank_table = initializing
-            conditions = set_condition(
-                conditions, RANK_TABLE_READY, False, "WaitingForPods", message, now
-            )
-        else:
-            text = ranktable.dumps(table)
-            new["rankTable"] = {
-                "status": ranktable.COMPLETED,
-                "waitingFor": [],
-                "ranks": spec.world_size,
-                "message": f"{spec.world_size} rank(s) on {spec.replicas} server(s)",
-            }
-            if text != rank_table:
-                result.rank_table = text
-                result.events.append(
-                    Event(
-                        "Normal",
-                        "RankTableCompleted",
-                        f"published {naming.rank_table_configmap_name(job.ref.name)} with {spec.world_size} rank(s)",
-                    )
-                )
-            conditions = set_condition(
-                conditions, RANK_TABLE_READY, True, "Completed", new["rankTable"]["message"], now
-            )
-    new["pods"] = pod_counts(current)
-    new["conditions"] = conditions
-    return result
-
-
-def _order(pod: PodState) -> int:
-    return pod.index if pod.index is not None else 1 << 30
+    draft = Draft.start(job, status, pods, now, published_table)
+    for step in STEPS:
+        if step(draft):
+            break
+    return draft.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from densenet_operator.spec import API_VERSION, GROUP, KIND, JobRef
+from densenet_contract import API_VERSION, GROUP, KIND
+from densenet_operator.spec import JobRef
 
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_REPLICA_INDEX = f"{GROUP}/replica-index"
@@ -14,17 +15,13 @@ LABEL_REPLICA_TYPE = f"{GROUP}/replica-type"
 LABEL_GANG = f"{GROUP}/gang"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "densenet-operator"
+WORKER = "worker"  # the replica type: every pod of a job is a worker pod
 
 ASCEND_CONFIG_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
-RANK_TABLE_DIR = "/user/serverid/devindex/config"
-RANK_TABLE_KEY = "hccl.json"
-RANK_TABLE_FILE = f"{RANK_TABLE_DIR}/{RANK_TABLE_KEY}"
-MASTER_PORT = 29500
-TRAINER_CONTAINER = "trainer"
 
 
 def pod_name(job: str, index: int) -> str:
-    return f"{job}-worker-{index}"
+    return f"{job}-{WORKER}-{index}"
 
 
 def service_name(job: str) -> str:
@@ -37,6 +34,10 @@ def rank_table_configmap_name(job: str) -> str:
 
 def service_account_name(job: str) -> str:
     return f"{job}-trainer"
+
+
+def pod_group_name(job: str) -> str:
+    return job
 
 
 def master_address(job: str) -> str:

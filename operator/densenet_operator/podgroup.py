@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from densenet_operator import naming
-from densenet_operator.pods import pod_group_name
 from densenet_operator.spec import Job
 
 GROUP, VERSION, PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"
@@ -27,6 +26,6 @@ def build_pod_group(job: Job) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PodGroup",
-        "metadata": naming.child_metadata(job.ref, pod_group_name(job.ref.name)),
+        "metadata": naming.child_metadata(job.ref, naming.pod_group_name(job.ref.name)),
         "spec": group_spec,
     }

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from densenet_contract import (
+    HCCL_ENV,
+    MASTER_PORT,
+    RANK_TABLE_DIR,
+    RANK_TABLE_FILE,
+    TRAINER_COMMAND,
+    TRAINER_CONTAINER,
+    Env,
+)
+from densenet_contract.schema import trainer_flags
 from densenet_operator import naming
-from densenet_operator.spec import TRAINER_DEVICES, Job, TrainingSpec
+from densenet_operator.spec import Job, TrainingSpec
 
 ASCEND_HOST_PATHS = {
     "ascend-driver": "/usr/local/Ascend/driver",
@@ -16,60 +26,20 @@ VOLCANO_SCHEDULER = "volcano"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 
 
-def _flag(value: float) -> str:
-    # repr keeps full precision without exponent surprises for typical values (1e-4 -> 0.0001).
-    return format(value, "g") if isinstance(value, float) else str(value)
-
-
 def trainer_args(spec: TrainingSpec, job_name: str) -> list[str]:
-    """The recipe as `densenet-train` flags (see docs/contract.md)."""
-    recipe = spec.recipe
-    args = [
-        "--arch",
-        spec.model,
-        "--device",
-        TRAINER_DEVICES[spec.device_type],
-        "--epochs",
-        str(recipe.epochs),
-        "--batch-size",
-        str(recipe.batch_size),
-        "--lr",
-        _flag(recipe.lr),
-        "--momentum",
-        _flag(recipe.momentum),
-        "--weight-decay",
-        _flag(recipe.weight_decay),
-        "--lr-schedule",
-        recipe.lr_schedule.type,
-        "--lr-step-size",
-        str(recipe.lr_schedule.step_size),
-        "--lr-gamma",
-        _flag(recipe.lr_schedule.gamma),
-        "--warmup-epochs",
-        str(recipe.warmup_epochs),
-        "--label-smoothing",
-        _flag(recipe.label_smoothing),
-        "--mode",
-        recipe.mode,
-        "--workers",
-        str(recipe.workers),
-        "--print-freq",
-        str(recipe.print_freq),
-        "--image-size",
-        str(recipe.image_size),
+    """The job as `densenet-train` flags: model, device, the recipe (each recipe field names
+    its flag in densenet_contract.recipe), checkpoints with resume, data, the user's extras."""
+    args = ["--arch", spec.model, "--device", spec.device_kind.torch_device]
+    # A restarted gang continues from the newest checkpoint.
+    args += [
         "--checkpoint-dir",
         f"{spec.checkpoint.path.rstrip('/')}/{job_name}",
+        "--resume",
+        "auto",
     ]
-    if recipe.mixed_precision:
-        args.append("--amp")
-    if recipe.max_steps is not None:
-        args += ["--max-train-steps", str(recipe.max_steps)]
-    if spec.data.synthetic:
-        args.append("--synthetic")
-    else:
-        assert spec.data.path is not None  # parse_spec guarantees it
-        args += ["--data", spec.data.path]
-    return args + list(recipe.extra_args)
+    args += trainer_flags(spec.recipe)
+    args += ["--synthetic"] if spec.data.synthetic else ["--data", str(spec.data.path)]
+    return args + list(spec.recipe.extra_args)
 
 
 def _field_env(name: str, field_path: str) -> dict[str, Any]:
@@ -77,28 +47,25 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
 
 
 def trainer_env(job: Job, index: int) -> list[dict[str, Any]]:
+    """The environment of docs/contract.md: identity, and torchrun's topology (PET_*)."""
     spec = job.spec
     env: list[dict[str, Any]] = [
-        {"name": "DENSENET_JOB_NAME", "value": job.ref.name},
-        _field_env("DENSENET_JOB_NAMESPACE", "metadata.namespace"),
-        _field_env("POD_NAME", "metadata.name"),
-        _field_env("POD_IP", "status.podIP"),
-        {"name": "DEVICE_TYPE", "value": spec.device_type},
-        {"name": "MASTER_ADDR", "value": naming.master_address(job.ref.name)},
-        {"name": "MASTER_PORT", "value": str(naming.MASTER_PORT)},
-        {"name": "NNODES", "value": str(spec.replicas)},
-        {"name": "NODE_RANK", "value": str(index)},
-        {"name": "NPROC_PER_NODE", "value": str(spec.devices_per_replica)},
-        {"name": "WORLD_SIZE", "value": str(spec.world_size)},
-        {"name": "RANK_TABLE_FILE", "value": naming.RANK_TABLE_FILE},
+        {"name": Env.JOB_NAME, "value": job.ref.name},
+        _field_env(Env.JOB_NAMESPACE, "metadata.namespace"),
+        _field_env(Env.POD_NAME, "metadata.name"),
+        _field_env(Env.POD_IP, "status.podIP"),
+        {"name": Env.NNODES, "value": str(spec.replicas)},
+        {"name": Env.NODE_RANK, "value": str(index)},
+        {"name": Env.NPROC_PER_NODE, "value": str(spec.devices_per_replica)},
+        {"name": Env.MASTER_ADDR, "value": naming.master_address(job.ref.name)},
+        {"name": Env.MASTER_PORT, "value": str(MASTER_PORT)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if spec.device_type == "ascend":
+    if spec.uses_rank_table:
         env += [
-            _field_env("HCCL_IF_IP", "status.podIP"),
-            {"name": "HCCL_WHITELIST_DISABLE", "value": "1"},
-            # torch_npu warns below 300 s; large gangs need the margin to connect.
-            {"name": "HCCL_CONNECT_TIMEOUT", "value": "600"},
+            {"name": Env.RANK_TABLE_FILE, "value": RANK_TABLE_FILE},
+            _field_env(Env.HCCL_IF_IP, "status.podIP"),
+            *({"name": name, "value": value} for name, value in HCCL_ENV.items()),
         ]
     # The user's variables come last so that they win.
     return env + [dict(var) for var in spec.env]
@@ -113,7 +80,7 @@ def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], 
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "rank-table", "mountPath": naming.RANK_TABLE_DIR, "readOnly": True},
+        {"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
     if spec.device_type == "ascend":
@@ -144,10 +111,6 @@ def _resources(spec: TrainingSpec) -> dict[str, Any]:
     return resources
 
 
-def pod_group_name(job_name: str) -> str:
-    return job_name
-
-
 def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
     """The pod of replica `index` in gang `gang` (the restart count it was created under)."""
     spec = job.spec
@@ -157,7 +120,7 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
         job.ref,
         name,
         {
-            naming.LABEL_REPLICA_TYPE: "worker",
+            naming.LABEL_REPLICA_TYPE: naming.WORKER,
             naming.LABEL_REPLICA_INDEX: str(index),
             naming.LABEL_GANG: str(gang),
         },
@@ -170,13 +133,13 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
         "serviceAccountName": naming.service_account_name(job.ref.name),
         "containers": [
             {
-                "name": naming.TRAINER_CONTAINER,
-                "image": spec.image,
+                "name": TRAINER_CONTAINER,
+                "image": str(spec.image),
                 "imagePullPolicy": spec.image_pull_policy,
-                "command": ["densenet-train", "launch"],
+                "command": list(TRAINER_COMMAND),
                 "args": trainer_args(spec, job.ref.name),
                 "env": trainer_env(job, index),
-                "ports": [{"name": "dist", "containerPort": naming.MASTER_PORT}],
+                "ports": [{"name": "dist", "containerPort": MASTER_PORT}],
                 "resources": _resources(spec),
                 "volumeMounts": mounts,
             }
@@ -195,5 +158,5 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
     if scheduling.scheduler_name == VOLCANO_SCHEDULER:
-        metadata["annotations"] = {VOLCANO_GROUP_ANNOTATION: pod_group_name(job.ref.name)}
+        metadata["annotations"] = {VOLCANO_GROUP_ANNOTATION: naming.pod_group_name(job.ref.name)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

@@ -12,17 +12,17 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, get_args
 
+from densenet_contract import RANK_TABLE_COMPLETED as COMPLETED
+from densenet_contract import RANK_TABLE_INITIALIZING as INITIALIZING
+from densenet_contract import RANK_TABLE_KEY
+from densenet_contract import RANK_TABLE_NOT_REQUIRED as NOT_REQUIRED
 from densenet_operator import naming
-from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_REPLICA_INDEX
-from densenet_operator.spec import JobRef, TrainingSpec
+from densenet_operator.podrecord import PodRecord
+from densenet_operator.spec import JobRef, RankTableFormat, TrainingSpec
 
-INITIALIZING = "initializing"
-# Jobs on cuda or cpu rendezvous through MASTER_ADDR; their ConfigMap says so instead.
-NOT_REQUIRED = "not-required"
-COMPLETED = "completed"
-FORMATS = ("1.0", "0.1")
+FORMATS: tuple[str, ...] = get_args(RankTableFormat)
 
 
 @dataclass(frozen=True)
@@ -104,36 +104,33 @@ class _Problem(Exception):
     pass
 
 
-def _server(pod: Mapping[str, Any], devices_per_replica: int) -> Server:
-    metadata = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    name = metadata.get("name", "?")
-    index = int(metadata["labels"][LABEL_REPLICA_INDEX])
-    pod_ip = status.get("podIP")
-    if not pod_ip:
+def _server(pod: PodRecord, devices_per_replica: int) -> Server:
+    if not pod.pod_ip:
         raise _Problem("has no pod IP yet")
-    devices, annotated_server = _parse_devices(
-        (metadata.get("annotations") or {}).get(ASCEND_CONFIG_ANNOTATION)
-    )
+    devices, annotated_server = _parse_devices(pod.device_config)
     if len(devices) != devices_per_replica:
         raise _Problem(
             f"the device plugin assigned {len(devices)} devices, the job asks for {devices_per_replica}"
         )
     # The plugin's server_id is the node IP on most versions, the pod UID on some: then hostIP.
     server_id = annotated_server if annotated_server and _is_ip(annotated_server) else None
-    server_id = server_id or status.get("hostIP")
+    server_id = server_id or pod.host_ip
     if not server_id:
         raise _Problem("has no host IP yet")
-    return Server(name, index, server_id, pod_ip, devices)
+    assert pod.index is not None  # collect_servers placed it by its index
+    return Server(pod.name, pod.index, server_id, pod.pod_ip, devices)
 
 
-def _replica_index(pod: Mapping[str, Any]) -> int | None:
-    value = ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_REPLICA_INDEX)
-    return int(value) if value is not None and str(value).isdigit() else None
+def device_count(pod: PodRecord) -> int | None:
+    """How many devices the device plugin's annotation lists (valid or not), None without one."""
+    try:
+        return len(json.loads(pod.device_config or "")["devices"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def collect_servers(
-    pods: Iterable[Mapping[str, Any]],
+    pods: Iterable[PodRecord],
     *,
     replicas: int,
     devices_per_replica: int,
@@ -143,21 +140,23 @@ def collect_servers(
 
     `pod_names[i]` names replica i in messages when that pod does not exist yet.
     """
-    by_index: dict[int, Mapping[str, Any]] = {}
+    by_index: dict[int, PodRecord] = {}
     problems: list[PodProblem] = []
     for pod in pods:
-        name = (pod.get("metadata") or {}).get("name", "?")
-        index = _replica_index(pod)
-        if index is None:
-            problems.append(PodProblem(name, f"has no numeric {LABEL_REPLICA_INDEX} label"))
-        elif index >= replicas:
+        if pod.index is None:
             problems.append(
-                PodProblem(name, f"replica index {index} is beyond {replicas} replicas")
+                PodProblem(pod.name, f"has no numeric {naming.LABEL_REPLICA_INDEX} label")
             )
-        elif index in by_index:
-            problems.append(PodProblem(name, f"replica index {index} is taken by another pod"))
+        elif pod.index >= replicas:
+            problems.append(
+                PodProblem(pod.name, f"replica index {pod.index} is beyond {replicas} replicas")
+            )
+        elif pod.index in by_index:
+            problems.append(
+                PodProblem(pod.name, f"replica index {pod.index} is taken by another pod")
+            )
         else:
-            by_index[index] = pod
+            by_index[pod.index] = pod
     servers: list[Server] = []
     for index in range(replicas):
         found = by_index.get(index)
@@ -168,7 +167,7 @@ def collect_servers(
         try:
             servers.append(_server(found, devices_per_replica))
         except _Problem as problem:
-            problems.append(PodProblem(found["metadata"]["name"], str(problem)))
+            problems.append(PodProblem(found.name, str(problem)))
     if problems:
         raise RankTableIncomplete(problems)
     return servers
@@ -180,57 +179,58 @@ def render(servers: Sequence[Server], fmt: str = "1.0") -> dict[str, Any]:
     All values are strings, as HCCL expects.
     """
     if fmt == "1.0":
-        server_list = []
-        for server in servers:
-            base = server.replica_index * len(server.devices)
-            server_list.append(
-                {
-                    "server_id": server.server_id,
-                    "container_ip": server.container_ip,
-                    "device": [
-                        {
-                            "device_id": device.device_id,
-                            "device_ip": device.device_ip,
-                            "rank_id": str(base + position),
-                        }
-                        for position, device in enumerate(server.devices)
-                    ],
-                }
-            )
-        return {
-            "status": COMPLETED,
-            "version": "1.0",
-            "server_count": str(len(servers)),
-            "server_list": server_list,
-        }
+        return _render_server_list(servers)
     if fmt == "0.1":
-        instances = [
-            {
-                "pod_name": server.pod_name,
-                "server_id": server.server_id,
-                "devices": [
-                    {"device_id": d.device_id, "device_ip": d.device_ip} for d in server.devices
-                ],
-            }
-            for server in servers
-        ]
-        return {
-            "status": COMPLETED,
-            "group_count": "1",
-            "group_list": [
-                {
-                    "group_name": "worker",
-                    "device_count": str(sum(len(s.devices) for s in servers)),
-                    "instance_count": str(len(servers)),
-                    "instance_list": instances,
-                }
-            ],
-        }
+        return _render_group_list(servers)
     raise ValueError(f"unknown rank table format {fmt!r}: expected one of {FORMATS}")
 
 
+def _render_server_list(servers: Sequence[Server]) -> dict[str, Any]:
+    server_list = [
+        {
+            "server_id": server.server_id,
+            "container_ip": server.container_ip,
+            "device": [
+                {
+                    "device_id": device.device_id,
+                    "device_ip": device.device_ip,
+                    "rank_id": str(server.replica_index * len(server.devices) + position),
+                }
+                for position, device in enumerate(server.devices)
+            ],
+        }
+        for server in servers
+    ]
+    return {
+        "status": COMPLETED,
+        "version": "1.0",
+        "server_count": str(len(servers)),
+        "server_list": server_list,
+    }
+
+
+def _render_group_list(servers: Sequence[Server]) -> dict[str, Any]:
+    instances = [
+        {
+            "pod_name": server.pod_name,
+            "server_id": server.server_id,
+            "devices": [
+                {"device_id": d.device_id, "device_ip": d.device_ip} for d in server.devices
+            ],
+        }
+        for server in servers
+    ]
+    group = {
+        "group_name": naming.WORKER,
+        "device_count": str(sum(len(s.devices) for s in servers)),
+        "instance_count": str(len(servers)),
+        "instance_list": instances,
+    }
+    return {"status": COMPLETED, "group_count": "1", "group_list": [group]}
+
+
 def build_rank_table(
-    pods: Iterable[Mapping[str, Any]],
+    pods: Iterable[PodRecord],
     *,
     replicas: int,
     devices_per_replica: int,
@@ -279,5 +279,5 @@ def build_configmap(job: JobRef, content: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": naming.child_metadata(job, naming.rank_table_configmap_name(job.name)),
-        "data": {naming.RANK_TABLE_KEY: content},
+        "data": {RANK_TABLE_KEY: content},
     }

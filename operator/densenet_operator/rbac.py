@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from densenet_contract import GROUP, PLURAL
 from densenet_operator import naming
-from densenet_operator.spec import GROUP, PLURAL, JobRef
+from densenet_operator.spec import JobRef
 
 
 def build_service_account(job: JobRef) -> dict[str, Any]:

@@ -18,12 +18,13 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from densenet_contract import GROUP, MERGE_PATCH, PLURAL, RANK_TABLE_KEY, VERSION
 from densenet_operator import lifecycle, naming, podgroup, pods, ranktable, rbac, service
-from densenet_operator.spec import GROUP, PLURAL, VERSION, Job, SpecError, parse_job
-from densenet_operator.status import FAILED, PodState, format_time, now_utc
+from densenet_operator.podrecord import PodRecord
+from densenet_operator.spec import Job, SpecError, parse_job
+from densenet_operator.status import FAILED, format_time, now_utc
 
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
 EventSink = Callable[[Mapping[str, Any], lifecycle.Event], None]
 
 
@@ -113,7 +114,7 @@ class Reconciler:
                 naming.rank_table_configmap_name(job.ref.name),
                 ns,
             )
-            content = (existing.get("data") or {}).get(naming.RANK_TABLE_KEY, "")
+            content = (existing.get("data") or {}).get(RANK_TABLE_KEY, "")
         self.tables[job.ref.uid] = content
         self.ensured.add(job.ref.uid)
 
@@ -153,7 +154,7 @@ class Reconciler:
         self.tables.pop(uid, None)
 
     async def reconcile(
-        self, body: Mapping[str, Any], pod_bodies: Iterable[Mapping[str, Any]]
+        self, body: Mapping[str, Any], pod_records: Iterable[PodRecord]
     ) -> tuple[dict[str, Any] | None, float | None]:
         """One pass for one job. Returns (the job as patched, if its status was written;
         seconds until the next pass is due, if a deadline or TTL is pending)."""
@@ -164,7 +165,7 @@ class Reconciler:
         except SpecError as error:
             return await self._refuse(body, error), None
         await self.ensure_children(job)
-        states = [PodState.from_pod(p) for p in pod_bodies]
+        states = list(pod_records)
         old_status = dict(body.get("status") or {})
         plan = lifecycle.plan(job, old_status, states, now_utc(), self.tables.get(job.ref.uid))
         ns, name = job.ref.namespace, job.ref.name
@@ -192,7 +193,7 @@ class Reconciler:
                 self.core.patch_namespaced_config_map,
                 naming.rank_table_configmap_name(name),
                 ns,
-                {"data": {naming.RANK_TABLE_KEY: plan.rank_table}},
+                {"data": {RANK_TABLE_KEY: plan.rank_table}},
                 _content_type=MERGE_PATCH,
             )
             self.tables[job.ref.uid] = plan.rank_table

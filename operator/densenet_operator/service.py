@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from densenet_contract import MASTER_PORT
 from densenet_operator import naming
 from densenet_operator.spec import JobRef
 
@@ -18,6 +19,6 @@ def build_service(job: JobRef) -> dict[str, Any]:
             # Workers resolve the master before it is Ready; DNS must answer from the start.
             "publishNotReadyAddresses": True,
             "selector": {naming.LABEL_JOB: job.name},
-            "ports": [{"name": "dist", "port": naming.MASTER_PORT, "targetPort": "dist"}],
+            "ports": [{"name": "dist", "port": MASTER_PORT, "targetPort": "dist"}],
         },
     }

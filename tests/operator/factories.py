@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from densenet_contract import TRAINER_CONTAINER
 from densenet_operator import naming
 from densenet_operator.spec import Job, JobRef, parse_spec
 
@@ -62,7 +63,7 @@ def make_pod(
     if exit_code is not None:
         status["containerStatuses"] = [
             {
-                "name": naming.TRAINER_CONTAINER,
+                "name": TRAINER_CONTAINER,
                 "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}},
             }
         ]

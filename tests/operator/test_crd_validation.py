@@ -45,6 +45,7 @@ INVALID = {
     "zero replicas": (with_spec(replicas=0), "spec.replicas: Invalid value: 0"),
     "batch size below 1": (with_spec(recipe={"batchSize": 0}), "spec.recipe.batchSize"),
     "zero epochs": (with_spec(recipe={"epochs": 0}), "spec.recipe.epochs"),
+    "negative seed": (with_spec(recipe={"seed": -1}), "spec.recipe.seed"),
     "non-positive lr": (with_spec(recipe={"lr": 0}), "spec.recipe.lr"),
     "momentum of 1": (with_spec(recipe={"momentum": 1}), "spec.recipe.momentum"),
     "negative weight decay": (with_spec(recipe={"weightDecay": -0.1}), "spec.recipe.weightDecay"),

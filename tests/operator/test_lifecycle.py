@@ -3,7 +3,7 @@ import datetime as dt
 import pytest
 
 from densenet_operator import lifecycle, ranktable
-from densenet_operator.status import PodState
+from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import make_job, make_pod
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
@@ -12,7 +12,7 @@ INITIALIZING = ranktable.dumps(ranktable.initializing_table())
 
 
 def plan(job, status=None, pods=(), now=NOW, table=INITIALIZING):
-    return lifecycle.plan(job, status or {}, [PodState.from_pod(p) for p in pods], now, table)
+    return lifecycle.plan(job, status or {}, [PodRecord.from_pod(p) for p in pods], now, table)
 
 
 def running(job, replicas, gang=0, **kw):
@@ -44,7 +44,7 @@ def test_running_gang_with_annotations_publishes_the_table_once():
     assert result.status["phase"] == "Running"
     assert result.create == [] and result.delete == []
     table = ranktable.build_rank_table(
-        [p for p in running(job, 2)], replicas=2, devices_per_replica=8
+        [PodRecord.from_pod(p) for p in running(job, 2)], replicas=2, devices_per_replica=8
     )
     assert result.rank_table == ranktable.dumps(table)
     assert result.status["rankTable"] == {
@@ -151,7 +151,7 @@ def test_backoff_limit_fails_with_a_reason_naming_pod_code_and_count():
 )
 def test_exit_code_policy(policy, code, reason, retryable):
     job = make_job(runPolicy={"restartPolicy": policy})
-    pod = PodState.from_pod(make_pod(0, phase="Failed", exit_code=code, reason=reason))
+    pod = PodRecord.from_pod(make_pod(0, phase="Failed", exit_code=code, reason=reason))
     assert lifecycle.classify_failure(pod, job.spec.run_policy).retryable is retryable
 
 

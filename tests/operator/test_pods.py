@@ -1,3 +1,4 @@
+from densenet_contract import Env
 from densenet_operator import naming, pods, rbac, service
 from tests.operator.factories import JOB, make_job
 
@@ -24,16 +25,12 @@ def test_ascend_pod_is_wired_for_hccl():
     assert container["resources"]["requests"]["huawei.com/Ascend910"] == "8"
     assert container["resources"]["limits"]["huawei.com/Ascend910"] == "8"
     env = env_of(pod)
-    assert env["MASTER_ADDR"] == "dn161-worker-0.dn161"
-    assert env["MASTER_PORT"] == "29500"
-    assert (env["NNODES"], env["NODE_RANK"], env["NPROC_PER_NODE"], env["WORLD_SIZE"]) == (
-        "2",
-        "1",
-        "8",
-        "16",
-    )
-    assert env["RANK_TABLE_FILE"] == "/user/serverid/devindex/config/hccl.json"
-    assert env["DEVICE_TYPE"] == "ascend"
+    # torchrun's own variables: the launcher passes no topology flags.
+    assert env[Env.MASTER_ADDR] == "dn161-worker-0.dn161"
+    assert env[Env.MASTER_PORT] == "29500"
+    assert (env[Env.NNODES], env[Env.NODE_RANK], env[Env.NPROC_PER_NODE]) == ("2", "1", "8")
+    assert env[Env.RANK_TABLE_FILE] == "/user/serverid/devindex/config/hccl.json"
+    assert "DEVICE_TYPE" not in env  # the device is sent once, as --device
     assert env["HCCL_IF_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/user/serverid/devindex/config"]["readOnly"]
@@ -144,3 +141,10 @@ def test_volcano_pod_group_asks_for_the_whole_gang():
         "queue": "npu",
         "priorityClassName": "high",
     }
+
+
+def test_a_recipe_seed_reaches_the_trainer_and_is_left_out_when_unset():
+    seeded = pods.build_pod(make_job(recipe={"seed": 7}), 0)["spec"]["containers"][0]["args"]
+    assert seeded[seeded.index("--seed") + 1] == "7"
+    unseeded = pods.build_pod(make_job(), 0)["spec"]["containers"][0]["args"]
+    assert "--seed" not in unseeded

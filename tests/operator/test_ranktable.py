@@ -5,11 +5,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from densenet_operator import naming, ranktable
+from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import JOB, device_annotation, make_pod
 
 
 def build(pods, replicas, devices=8, fmt="1.0"):
-    return ranktable.build_rank_table(pods, replicas=replicas, devices_per_replica=devices, fmt=fmt)
+    records = [PodRecord.from_pod(p) for p in pods]
+    return ranktable.build_rank_table(
+        records, replicas=replicas, devices_per_replica=devices, fmt=fmt
+    )
 
 
 def test_single_server_table_matches_the_reference_layout():
@@ -122,7 +126,7 @@ def test_every_blocking_pod_is_named_including_missing_ones():
     names = [naming.pod_name(JOB.name, i) for i in range(3)]
     with pytest.raises(ranktable.RankTableIncomplete) as error:
         ranktable.build_rank_table(
-            [make_pod(0), make_pod(2, pod_ip=None)],
+            [PodRecord.from_pod(make_pod(0)), PodRecord.from_pod(make_pod(2, pod_ip=None))],
             replicas=3,
             devices_per_replica=8,
             pod_names=names,

@@ -1,4 +1,5 @@
-"""One asyncio task per job: passes for a job never overlap, and bursts of events coalesce.
+"""One asyncio task per job (a job task): passes for a job never overlap, and bursts of events
+coalesce.
 
 kopf's daemons would do this too, but they put a finalizer on every job, which blocks
 `kubectl delete` whenever the operator is down; plain tasks keep deletion free.
@@ -25,61 +26,61 @@ def _resource_version(body: Mapping[str, Any]) -> int:
 
 
 @dataclass
-class _Worker:
+class _JobTask:
     body: Mapping[str, Any]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    asyncio_task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
-class JobWorkers:
+class JobTasks:
     run_pass: Pass
-    workers: dict[Key, _Worker] = field(default_factory=dict)
+    tasks: dict[Key, _JobTask] = field(default_factory=dict)
 
     def update(self, key: Key, body: Mapping[str, Any]) -> None:
         """A newer view of the job (a watch event, or our own write's response); wakes it."""
-        worker = self.workers.get(key)
-        if worker is None:
-            worker = self.workers[key] = _Worker(body=body)
-            worker.task = asyncio.create_task(
-                self._loop(key, worker), name=f"job {key[0]}/{key[1]}"
+        job_task = self.tasks.get(key)
+        if job_task is None:
+            job_task = self.tasks[key] = _JobTask(body=body)
+            job_task.asyncio_task = asyncio.create_task(
+                self._loop(key, job_task), name=f"job {key[0]}/{key[1]}"
             )
-        elif _resource_version(body) >= _resource_version(worker.body):
-            worker.body = body
-        worker.wakeup.set()
+        elif _resource_version(body) >= _resource_version(job_task.body):
+            job_task.body = body
+        job_task.wakeup.set()
 
     def poke(self, key: Key) -> None:
         """Something the job owns changed."""
-        worker = self.workers.get(key)
-        if worker is not None:
-            worker.wakeup.set()
+        job_task = self.tasks.get(key)
+        if job_task is not None:
+            job_task.wakeup.set()
 
     async def stop(self, key: Key) -> None:
-        worker = self.workers.pop(key, None)
-        if worker is None or worker.task is None:
+        job_task = self.tasks.pop(key, None)
+        if job_task is None or job_task.asyncio_task is None:
             return
-        if worker.timer is not None:
-            worker.timer.cancel()
-        worker.task.cancel()
-        await asyncio.gather(worker.task, return_exceptions=True)
+        if job_task.timer is not None:
+            job_task.timer.cancel()
+        job_task.asyncio_task.cancel()
+        await asyncio.gather(job_task.asyncio_task, return_exceptions=True)
 
     async def stop_all(self) -> None:
-        await asyncio.gather(*(self.stop(key) for key in list(self.workers)))
+        await asyncio.gather(*(self.stop(key) for key in list(self.tasks)))
 
-    async def _loop(self, key: Key, worker: _Worker) -> None:
+    async def _loop(self, key: Key, job_task: _JobTask) -> None:
         failures = 0
         while True:
-            await worker.wakeup.wait()
-            worker.wakeup.clear()
-            if worker.timer is not None:
-                worker.timer.cancel()
-                worker.timer = None
+            await job_task.wakeup.wait()
+            job_task.wakeup.clear()
+            if job_task.timer is not None:
+                job_task.timer.cancel()
+                job_task.timer = None
             try:
                 log.debug(
-                    "pass for %s/%s at resourceVersion %s", *key, _resource_version(worker.body)
+                    "pass for %s/%s at resourceVersion %s", *key, _resource_version(job_task.body)
                 )
-                patched, requeue_after = await self.run_pass(key, worker.body)
+                patched, requeue_after = await self.run_pass(key, job_task.body)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -90,11 +91,11 @@ class JobWorkers:
             else:
                 failures = 0
                 if patched is not None and _resource_version(patched) >= _resource_version(
-                    worker.body
+                    job_task.body
                 ):
                     # Our own status write: later passes must not act on the older status.
-                    worker.body = patched
+                    job_task.body = patched
             if requeue_after is not None:
-                worker.timer = asyncio.get_running_loop().call_later(
-                    max(requeue_after, 0.05), worker.wakeup.set
+                job_task.timer = asyncio.get_running_loop().call_later(
+                    max(requeue_after, 0.05), job_task.wakeup.set
                 )
