@@ -165,65 +165,52 @@ class Reconciler:
         except SpecError as error:
             return await self._refuse(body, error), None
         await self.ensure_children(job)
-        states = list(pod_records)
+        records = list(pod_records)
         old_status = dict(body.get("status") or {})
-        plan = lifecycle.plan(job, old_status, states, now_utc(), self.tables.get(job.ref.uid))
-        ns, name = job.ref.namespace, job.ref.name
+        plan = lifecycle.plan(job, old_status, records, now_utc(), self.tables.get(job.ref.uid))
         log.debug(
             "%s/%s: %d pod(s) seen; phase %s; create %s; delete %s; table %s",
-            ns, name, len(states), plan.status.get("phase"), plan.create, plan.delete,
+            job.ref.namespace, job.ref.name, len(records), plan.status.get("phase"), plan.create,
+            plan.delete,
             "unchanged" if plan.rank_table is None else ranktable.table_status(plan.rank_table),
         )  # fmt: skip
-
-        patched = None
-        patch = status_patch(old_status, plan.status)
-        if patch is not None:
-            patched = await self._call(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-                {"status": patch},
-                _content_type=MERGE_PATCH,
-            )
-        if plan.rank_table is not None:
-            await self._call(
-                self.core.patch_namespaced_config_map,
-                naming.rank_table_configmap_name(name),
-                ns,
-                {"data": {RANK_TABLE_KEY: plan.rank_table}},
-                _content_type=MERGE_PATCH,
-            )
-            self.tables[job.ref.uid] = plan.rank_table
-        await asyncio.gather(
-            *(
-                self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404,))
-                for pod in plan.delete
-            ),
-            *(
-                self._call(
-                    self.core.create_namespaced_pod,
-                    ns,
-                    pods.build_pod(job, index, gang=int(plan.status.get("restarts") or 0)),
-                    ok=(409,),
-                )
-                for index in plan.create
-            ),
-        )
+        patched = await self._carry_out(job, old_status, plan)
         for event in plan.events:
             self.record(body, event)
         if plan.delete_job:
             await self._call(
                 self.custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                ns,
-                PLURAL,
-                name,
-                propagation_policy="Background",
-                ok=(404,),
-            )
+                GROUP, VERSION, job.ref.namespace, PLURAL, job.ref.name,
+                propagation_policy="Background", ok=(404,),
+            )  # fmt: skip
             return None, None
         return patched, plan.requeue_after
+
+    async def _carry_out(
+        self, job: Job, old_status: Mapping[str, Any], plan: lifecycle.Plan
+    ) -> dict[str, Any] | None:
+        """Status first, then the rank table, then pod deletes and creates."""
+        ns, name = job.ref.namespace, job.ref.name
+        patched = None
+        patch = status_patch(old_status, plan.status)
+        if patch is not None:
+            patched = await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, ns, PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH,
+            )  # fmt: skip
+        if plan.rank_table is not None:
+            await self._call(
+                self.core.patch_namespaced_config_map,
+                naming.rank_table_configmap_name(name), ns,
+                {"data": {RANK_TABLE_KEY: plan.rank_table}}, _content_type=MERGE_PATCH,
+            )  # fmt: skip
+            self.tables[job.ref.uid] = plan.rank_table
+        gang = int(plan.status.get("restarts") or 0)
+        await asyncio.gather(
+            *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404,))
+              for pod in plan.delete),
+            *(self._call(self.core.create_namespaced_pod, ns,
+                         pods.build_pod(job, index, gang=gang), ok=(409,))
+              for index in plan.create),
+        )  # fmt: skip
+        return patched
