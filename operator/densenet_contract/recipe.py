@@ -86,7 +86,8 @@ class Recipe:
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            "self.warmupEpochs < self.epochs",
+            # has(): the API server also checks the rule against the default `{}`, undefaulted.
+            "!has(self.warmupEpochs) || !has(self.epochs) || self.warmupEpochs < self.epochs",
             "recipe.warmupEpochs must be smaller than recipe.epochs",
             lambda recipe: recipe.warmup_epochs < recipe.epochs,
             field_path=".warmupEpochs",

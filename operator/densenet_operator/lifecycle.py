@@ -58,6 +58,14 @@ INFRASTRUCTURE_REASONS = frozenset(
     }
 )
 MAX_WAITING_SHOWN = 8
+MAX_WAITING_CHARS = 256  # each entry of rankTable.waitingFor
+MAX_MESSAGE_CHARS = 1024  # status messages and events: pods' and plugins' words are cut here
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 INITIALIZING_TABLE = ranktable.dumps(ranktable.initializing_table())
 
 
@@ -173,6 +181,7 @@ class Draft:
     def transition(
         self, to: str, reason: str, message: str, event_type: str = "Normal", record: bool = True
     ) -> None:
+        message = _cut(message, MAX_MESSAGE_CHARS)
         if record and (to != self.phase or self.status.get("reason") != reason):
             self.plan.events.append(Event(event_type, reason, message))
         self.status.update(phase=to, reason=reason, message=message)
@@ -379,7 +388,9 @@ def running_phase(draft: Draft) -> bool:
         waiting = replicas - sum(p.phase in (RUNNING, SUCCEEDED) for p in draft.current)
         reason, message = "PodsStarting", f"waiting for {waiting} of {replicas} pod(s) to run"
     if draft.phase == RESTARTING:
-        draft.status.update(phase=RESTARTING, reason="GangRestart", message=message)
+        draft.status.update(
+            phase=RESTARTING, reason="GangRestart", message=_cut(message, MAX_MESSAGE_CHARS)
+        )
     else:
         # Waiting for pods to start is no news; being unschedulable is.
         draft.transition(PENDING, reason, message, "Warning", record=bool(unschedulable))
@@ -398,7 +409,7 @@ def rank_table(draft: Draft) -> bool:
             pod_names=[naming.pod_name(job_name, i) for i in range(spec.replicas)],
         )  # fmt: skip
     except ranktable.RankTableIncomplete as incomplete:
-        waiting = incomplete.waiting_for
+        waiting = [_cut(w, MAX_WAITING_CHARS) for w in incomplete.waiting_for]
         shown = waiting[:MAX_WAITING_SHOWN]
         if len(waiting) > len(shown):
             shown.append(f"... and {len(waiting) - len(shown)} more")

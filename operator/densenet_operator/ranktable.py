@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -61,8 +62,26 @@ class Server:
     devices: tuple[Device, ...]
 
 
+# Bounds on what the device plugin's annotation may hold (a real one is well under 4 kB: 16
+# devices of a few short strings). Anything larger, or not canonical, is refused, never copied.
+MAX_ANNOTATION_BYTES = 16384
+MAX_DEVICES = 64
+MAX_DEVICE_ID = 1023
+_DEVICE_ID = re.compile(r"[0-9]{1,4}")
+_SHOWN = 64  # characters of a refused value shown in a message
+
+
+def shorten(value: object, limit: int = _SHOWN) -> str:
+    """`repr(value)`, cut to `limit` characters: hostile input never grows a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @lru_cache(maxsize=65536)
 def _is_ip(value: str) -> bool:
+    """An IPv4 or IPv6 literal (HCCL takes both for device IPs), without a scope zone."""
+    if not value.isascii() or "%" in value or len(value) > 45:
+        return False
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -70,34 +89,53 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-def _parse_devices(raw: Any) -> tuple[tuple[Device, ...], str | None]:
-    """Devices sorted by numeric device_id, plus the annotation's server_id."""
+def _device_id(value: object) -> str:
+    """The canonical form of a device id: ASCII digits, no leading zeros ("00" is "0")."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not _DEVICE_ID.fullmatch(text) or int(text) > MAX_DEVICE_ID:
+        raise _Problem(f"lists a device_id that is not a number from 0 to {MAX_DEVICE_ID}: "
+                       f"{shorten(value)}")  # fmt: skip
+    return str(int(text))
+
+
+def _read_annotation(raw: Any) -> tuple[list[Any], Any]:
     if not isinstance(raw, str) or not raw:
         raise _Problem("has no ascend-910-configuration annotation from the device plugin yet")
+    if len(raw) > MAX_ANNOTATION_BYTES:
+        raise _Problem(f"has an ascend-910-configuration annotation of {len(raw)} bytes, "
+                       f"more than {MAX_ANNOTATION_BYTES}")  # fmt: skip
     try:
         config = json.loads(raw)
         entries = config["devices"]
-        devices = [Device(str(d["device_id"]), str(d["device_ip"])) for d in entries]
     except (ValueError, KeyError, TypeError) as error:
         raise _Problem(
-            f"has an unreadable ascend-910-configuration annotation ({error!r})"
+            f"has an unreadable ascend-910-configuration annotation ({type(error).__name__})"
         ) from None
-    if not all(d.device_id.isdigit() for d in devices):
-        raise _Problem("lists a device_id that is not a number")
+    if not isinstance(entries, list) or len(entries) > MAX_DEVICES:
+        raise _Problem(f"lists devices that are not a list of at most {MAX_DEVICES}")
+    if not all(isinstance(e, dict) and "device_id" in e and "device_ip" in e for e in entries):
+        raise _Problem("lists a device without device_id and device_ip")
+    return entries, config.get("server_id")
+
+
+def _parse_devices(raw: Any) -> tuple[tuple[Device, ...], str | None]:
+    """Devices sorted by numeric device_id, plus the annotation's server_id."""
+    entries, server_id = _read_annotation(raw)
+    devices = [Device(_device_id(e["device_id"]), str(e["device_ip"])) for e in entries]
     ids = [d.device_id for d in devices]
     if len(set(ids)) != len(ids):
-        raise _Problem(f"lists device ids more than once: {ids}")
+        raise _Problem(f"lists device ids more than once: {shorten(ids)}")
     for device in devices:
         if device.device_ip == "-1":
             raise _Problem(
                 f"device {device.device_id} has IP -1: the device plugin could not read it"
             )
         if not _is_ip(device.device_ip):
-            raise _Problem(f"device {device.device_id} has an invalid IP {device.device_ip!r}")
-    server_id = config.get("server_id")
-    return tuple(sorted(devices, key=lambda d: int(d.device_id))), (
-        str(server_id) if server_id is not None else None
-    )
+            raise _Problem(
+                f"device {device.device_id} has an invalid IP {shorten(device.device_ip)}"
+            )
+    server = str(server_id) if isinstance(server_id, str | int) else None
+    return tuple(sorted(devices, key=lambda d: int(d.device_id))), server
 
 
 class _Problem(Exception):
