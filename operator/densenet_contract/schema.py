@@ -55,6 +55,7 @@ class FieldMeta:
     immutable: str | None = None  # the message when an update changes it
     flag: str | None = None  # the densenet-train flag of a recipe field
     schema: Mapping[str, Any] | None = None  # the whole schema of a free-form field
+    rules: tuple[Rule, ...] = ()  # rules over this field's value (`self` in CEL)
 
 
 def spec_field(default: Any = MISSING, **meta: Any) -> Any:
@@ -124,11 +125,16 @@ def parse(model: type, body: Mapping[str, Any] | None, path: str) -> Any:
                 raise SpecError(f"{path}.{key} is required")
             continue
         values[field.name] = _convert(tp, raw, f"{path}.{key}", _meta(field))
+        _check(_meta(field).rules, values[field.name], f"{path}.{key}")
     value = model(**values)
-    for rule in _rules(model):
+    _check(_rules(model), value, path)
+    return value
+
+
+def _check(rules: tuple[Rule, ...], value: Any, path: str) -> None:
+    for rule in rules:
         if not rule.holds(value):
             raise SpecError(f"{path}{rule.field_path or ''}: {rule.message}")
-    return value
 
 
 def _convert(tp: Any, raw: Any, path: str, meta: FieldMeta) -> Any:
@@ -235,10 +241,11 @@ def _field_schema(field: dataclasses.Field[Any], tp: Any) -> dict[str, Any]:
         schema["exclusiveMinimum"] = True
     if meta.exclusive_maximum:
         schema["exclusiveMaximum"] = True
+    validations = [_cel(rule) for rule in meta.rules]
     if meta.immutable:
-        schema.setdefault("x-kubernetes-validations", []).append(
-            {"rule": "self == oldSelf", "message": meta.immutable}
-        )
+        validations.append({"rule": "self == oldSelf", "message": meta.immutable})
+    if validations:
+        schema["x-kubernetes-validations"] = validations
     return schema
 
 

@@ -88,10 +88,10 @@ def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], 
             volumes.append({"name": name, "hostPath": {"path": path}})
             mounts.append({"name": name, "mountPath": path, "readOnly": name != "npu-log"})
     if not spec.data.synthetic and spec.data.volume:
-        volumes.append({"name": "data", **spec.data.volume})
+        volumes.append({**spec.data.volume, "name": "data"})
         mounts.append({"name": "data", "mountPath": spec.data.path, "readOnly": True})
     checkpoint_source = spec.checkpoint.volume or {"emptyDir": {}}
-    volumes.append({"name": "checkpoints", **checkpoint_source})
+    volumes.append({**checkpoint_source, "name": "checkpoints"})
     mounts.append({"name": "checkpoints", "mountPath": spec.checkpoint.path})
     return volumes, mounts
 

@@ -25,6 +25,8 @@ RESOURCE_NAME_PATTERN = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 FREE_FORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+# A volume source; `name` is declared only so that a CEL rule can refuse it.
+VOLUME_SOURCE = {**FREE_FORM, "properties": {"name": {"type": "string"}}}
 QUANTITIES = {
     "type": "object",
     "additionalProperties": {"anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -34,6 +36,19 @@ QUANTITIES = {
 
 def _immutable(field: str, why: str) -> str:
     return f"{field} is immutable: {why}"
+
+
+def _unnamed_volume(field: str) -> tuple[Rule, ...]:
+    """A volume source has no name of its own: the operator names it (a user's name could
+    collide with the pod's own volumes, e.g. rank-table, and fail every pod create)."""
+    return (
+        Rule(
+            "!has(self.name)",
+            f"{field} is a volume source such as {{persistentVolumeClaim: {{claimName: ...}}}}, "
+            "without a name: the operator names the volume",
+            lambda volume: volume is None or "name" not in volume,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,8 @@ class Data:
     )
     volume: dict[str, Any] | None = spec_field(
         None,
-        schema=FREE_FORM,
+        schema=VOLUME_SOURCE,
+        rules=_unnamed_volume("data.volume"),
         description="Any Kubernetes volume source (persistentVolumeClaim, nfs, hostPath, ...), "
         "mounted read-only at path.",
     )
@@ -83,7 +99,8 @@ class Checkpoint:
     )
     volume: dict[str, Any] | None = spec_field(
         None,
-        schema=FREE_FORM,
+        schema=VOLUME_SOURCE,
+        rules=_unnamed_volume("checkpoint.volume"),
         description="Any Kubernetes volume source for checkpoints (a PVC, so that restarts "
         "resume). Without one, an emptyDir is used and checkpoints die with the pod.",
     )

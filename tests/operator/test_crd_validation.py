@@ -85,6 +85,14 @@ INVALID = {
         with_spec(data={"synthetic": False}),
         "data.path is required unless data.synthetic is true",
     ),
+    "a named data volume": (
+        with_spec(data={"path": "/d", "volume": {"name": "rank-table", "emptyDir": {}}}),
+        "data.volume is a volume source",
+    ),
+    "a named checkpoint volume": (
+        with_spec(checkpoint={"volume": {"name": "dshm", "emptyDir": {}}}),
+        "checkpoint.volume is a volume source",
+    ),
     "relative data path": (with_spec(data={"path": "data/imagenet"}), "spec.data.path"),
     "no model": (
         {**VALID, "spec": {k: v for k, v in VALID["spec"].items() if k != "model"}},

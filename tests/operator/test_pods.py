@@ -148,3 +148,9 @@ def test_a_recipe_seed_reaches_the_trainer_and_is_left_out_when_unset():
     assert seeded[seeded.index("--seed") + 1] == "7"
     unseeded = pods.build_pod(make_job(), 0)["spec"]["containers"][0]["args"]
     assert "--seed" not in unseeded
+
+
+def test_a_volume_source_never_names_the_pod_s_volume():
+    job = make_job(data={"path": "/d", "volume": {"persistentVolumeClaim": {"claimName": "c"}}})
+    volumes = [v["name"] for v in pods.build_pod(job, 0)["spec"]["volumes"]]
+    assert len(volumes) == len(set(volumes)) and "data" in volumes
