@@ -12,6 +12,11 @@ its own:
 - the rank table function alone for 1024 and 4096 ranks.
 A thread plays the Ascend device plugin: it annotates each pod once it has its IP.
 Prints a table and writes JSON (default bench/results/operator.json).
+
+Run it with the project's venv, where the operator package is installed. The modules of hack/
+(localcluster, testsupport, ...) import as top-level modules, as in the tests (pytest's
+`pythonpath`) and in hack/'s own scripts (a script's folder comes first on sys.path); this
+script lives in bench/, so its one bootstrap line below puts hack/ on sys.path.
 """
 
 from __future__ import annotations
@@ -19,30 +24,32 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import platform
 import re
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "hack"))  # the bootstrap: hack/ modules import as top-level
 
+import fakenodes  # noqa: E402
 import localcluster  # noqa: E402
-from localoperator import OperatorProcess, cpu_seconds, peak_rss_bytes, wait_for  # noqa: E402
+from kubelet import terminal_status  # noqa: E402
+from localoperator import OperatorProcess  # noqa: E402
+from testsupport import create_namespace, install_crd, wait_for  # noqa: E402
 
+from densenet_contract import GROUP, MERGE_PATCH, PLURAL, VERSION  # noqa: E402
 from densenet_operator import ranktable  # noqa: E402
 from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
-
-GROUP, VERSION, PLURAL = "training.densenet.dev", "v1alpha1", "densenettrainings"
-CRD = ROOT / "crds" / "densenettrainings.training.densenet.dev.yaml"
-MERGE = "application/merge-patch+json"
+from densenet_operator.podrecord import PodRecord  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,7 +66,7 @@ def device_config(pod: dict[str, Any], devices: int) -> str:
     })  # fmt: skip
 
 
-class Cluster:
+class Recorder:
     """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen."""
 
     def __init__(self, kubeconfig: Path, namespace: str) -> None:
@@ -68,7 +75,7 @@ class Cluster:
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.namespace = namespace
-        self.lock = threading.Condition()
+        self.lock = threading.RLock()
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         self.pod_seen: dict[str, float] = {}  # uid -> first seen
         self.tables: dict[str, float] = {}  # job -> time its table was seen completed
@@ -92,7 +99,6 @@ class Cluster:
                     else:
                         self.pods[uid] = pod
                         self.pod_seen.setdefault(uid, now)
-                    self.lock.notify_all()
                 if self.auto_annotate and event["type"] != "DELETED":
                     self._maybe_annotate(pod)
 
@@ -106,7 +112,6 @@ class Cluster:
                 if ranktable.table_status(text) == ranktable.COMPLETED:
                     with self.lock:
                         self.tables.setdefault(cm.metadata.labels[LABEL_JOB], now)
-                        self.lock.notify_all()
 
     def _maybe_annotate(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -124,7 +129,7 @@ class Cluster:
             "metadata": {"annotations": {ASCEND_CONFIG_ANNOTATION: device_config(pod, devices)}}
         }
         self.core.patch_namespaced_pod(
-            pod["metadata"]["name"], self.namespace, body, _content_type=MERGE
+            pod["metadata"]["name"], self.namespace, body, _content_type=MERGE_PATCH
         )
 
     def job_pods(self, job: str) -> list[dict[str, Any]]:
@@ -132,14 +137,23 @@ class Cluster:
             return [p for p in self.pods.values() if p["metadata"]["labels"].get(LABEL_JOB) == job
                     and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
 
-    def wait(self, predicate: Any, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"timed out waiting for {predicate}")
-                self.lock.wait(min(remaining, 0.5))
+    def wait(self, predicate: Callable[[], Any], timeout: float = 120) -> None:
+        """Until predicate() holds over what was recorded (it runs under the lock)."""
+
+        def holds() -> Any:
+            with self.lock:
+                return predicate()
+
+        wait_for(holds, timeout, interval=0.1, what=str(predicate))
+
+    def fail_pod(self, pod: dict[str, Any], exit_code: int, container_reason: str) -> None:
+        """What the pod's kubelet writes when its container dies (kubelet.terminal_status)."""
+        status = terminal_status(
+            pod, "Failed", exit_code=exit_code, container_reason=container_reason
+        )
+        self.core.patch_namespaced_pod_status(
+            pod["metadata"]["name"], self.namespace, {"status": status}, _content_type=MERGE_PATCH
+        )
 
     def create_job(self, name: str, replicas: int, devices: int = 8) -> None:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, {
@@ -170,49 +184,47 @@ def bench_rank_table(repeats: int = 30) -> dict[str, Any]:
                              "devices": [{"device_id": str(d), "device_ip": f"192.168.{d}.{i % 250}"} for d in range(8)]})}},
             "status": {"podIP": f"10.2.{i // 250}.{i % 250}", "hostIP": f"10.1.{i // 250}.{i % 250}"},
         } for i in range(servers)]  # fmt: skip
+        records = [PodRecord.from_pod(p) for p in pods]  # as a pass reads them, once
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            table = ranktable.build_rank_table(pods, replicas=servers, devices_per_replica=8)
+            table = ranktable.build_rank_table(records, replicas=servers, devices_per_replica=8)
             ranktable.dumps(table)
             times.append(time.perf_counter() - start)
         results[str(ranks)] = {"p50_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3}
     return results
 
 
-def bench_single_job(cluster: Cluster, runs: int) -> dict[str, Any]:
+def bench_single_job(recorder: Recorder, runs: int) -> dict[str, Any]:
     created, published, restarted = [], [], []
     for run in range(runs):
         name = f"lat-{run}"
         start = time.monotonic()
-        cluster.create_job(name, replicas=2)
-        cluster.wait(lambda n=name: len(cluster.job_pods(n)) == 2)
+        recorder.create_job(name, replicas=2)
+        recorder.wait(lambda n=name: len(recorder.job_pods(n)) == 2)
         created.append(
-            max(cluster.pod_seen[p["metadata"]["uid"]] for p in cluster.job_pods(name)) - start
+            max(recorder.pod_seen[p["metadata"]["uid"]] for p in recorder.job_pods(name)) - start
         )
-        cluster.wait(lambda n=name: all(p["status"].get("podIP") for p in cluster.job_pods(n)))
-        pods = sorted(cluster.job_pods(name), key=lambda p: p["metadata"]["name"])
-        cluster.annotate(pods[0])
+        recorder.wait(lambda n=name: all(p["status"].get("podIP") for p in recorder.job_pods(n)))
+        pods = sorted(recorder.job_pods(name), key=lambda p: p["metadata"]["name"])
+        recorder.annotate(pods[0])
         time.sleep(0.2)  # the table must wait for the last pod, not race the first
-        assert name not in cluster.tables
-        cluster.annotate(pods[1])
+        assert name not in recorder.tables
+        recorder.annotate(pods[1])
         last = time.monotonic()
-        cluster.wait(lambda n=name: n in cluster.tables)
-        published.append(cluster.tables[name] - last)
+        recorder.wait(lambda n=name: n in recorder.tables)
+        published.append(recorder.tables[name] - last)
         old = {p["metadata"]["uid"] for p in pods}
         failed_at = time.monotonic()
-        cluster.core.patch_namespaced_pod_status(pods[0]["metadata"]["name"], cluster.namespace, {"status": {
-            "phase": "Failed", "containerStatuses": [{"name": "trainer", "image": "x", "imageID": "", "ready": False,
-            "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}},
-            _content_type=MERGE)  # fmt: skip
-        cluster.wait(
+        recorder.fail_pod(pods[0], 137, "OOMKilled")
+        recorder.wait(
             lambda n=name, o=old: (
-                len([p for p in cluster.job_pods(n) if p["metadata"]["uid"] not in o]) == 2
+                len([p for p in recorder.job_pods(n) if p["metadata"]["uid"] not in o]) == 2
             )
         )
         fresh = [
-            cluster.pod_seen[p["metadata"]["uid"]]
-            for p in cluster.job_pods(name)
+            recorder.pod_seen[p["metadata"]["uid"]]
+            for p in recorder.job_pods(name)
             if p["metadata"]["uid"] not in old
         ]
         restarted.append(max(fresh) - failed_at)
@@ -226,23 +238,23 @@ def bench_single_job(cluster: Cluster, runs: int) -> dict[str, Any]:
     return summary
 
 
-def bench_wave(cluster: Cluster, jobs: int, replicas: int) -> dict[str, Any]:
-    cluster.auto_annotate = True
+def bench_wave(recorder: Recorder, jobs: int, replicas: int) -> dict[str, Any]:
+    recorder.auto_annotate = True
     names = [f"wave-{i}" for i in range(jobs)]
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda n: cluster.create_job(n, replicas=replicas), names))
+        list(pool.map(lambda n: recorder.create_job(n, replicas=replicas), names))
     created_at = time.monotonic() - start
-    cluster.wait(
-        lambda: sum(len(cluster.job_pods(n)) for n in names) == jobs * replicas, timeout=300
+    recorder.wait(
+        lambda: sum(len(recorder.job_pods(n)) for n in names) == jobs * replicas, timeout=300
     )
     all_pods = (
-        max(cluster.pod_seen[p["metadata"]["uid"]] for n in names for p in cluster.job_pods(n))
+        max(recorder.pod_seen[p["metadata"]["uid"]] for n in names for p in recorder.job_pods(n))
         - start
     )
-    cluster.wait(lambda: all(n in cluster.tables for n in names), timeout=300)
-    all_tables = max(cluster.tables[n] for n in names) - start
-    cluster.auto_annotate = False
+    recorder.wait(lambda: all(n in recorder.tables for n in names), timeout=300)
+    all_tables = max(recorder.tables[n] for n in names) - start
+    recorder.auto_annotate = False
     return {"jobs": jobs, "ranks_per_job": replicas * 8, "submit_s": created_at,
             "all_pods_s": all_pods, "all_tables_s": all_tables}  # fmt: skip
 
@@ -253,14 +265,12 @@ def with_operator(
     log = workdir / f"operator-{label}.log"
     operator = OperatorProcess(kubeconfig, log)
     operator.start()
-    assert operator.process is not None
-    pid = operator.process.pid
-    cpu_before = cpu_seconds(pid)
+    cpu_before = operator.cpu_seconds()
     try:
         result = work()
         stats = {
-            "peak_rss_mib": peak_rss_bytes(pid) / 2**20,
-            "cpu_s": cpu_seconds(pid) - cpu_before,
+            "peak_rss_mib": operator.peak_rss_bytes() / 2**20,
+            "cpu_s": operator.cpu_seconds() - cpu_before,
         }
     finally:
         operator.stop()
@@ -281,53 +291,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-cluster", action="store_true")
     args = parser.parse_args(argv)
 
-    nodes = max(2 * args.jobs, args.big_replicas, 4)
-    started = localcluster.start(args.cluster, nodes=4)
+    nodes = max(2 * args.jobs, args.big_replicas, localcluster.DEFAULT_NODES)
+    cluster = localcluster.start(args.cluster)
     workdir = args.out.parent
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        existing = {n["metadata"]["name"] for n in started.kubectl_json("get", "nodes")["items"]}
-        extra = [localcluster.node_manifest(f"bench-node-{slot}", slot) for slot in range(len(existing), nodes)
-                 if f"bench-node-{slot}" not in existing]  # fmt: skip
-        if extra:
-            started.kubectl(
-                "create",
-                "-f",
-                "-",
-                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": extra}),
-            )
-        started.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        started.kubectl(
-            "wait", "--for=condition=Established", "crd/densenettrainings.training.densenet.dev"
-        )
-        started.kubectl("create", "namespace", "bench", check=False)
-        wait_for(
-            lambda: (
-                started.kubectl("get", "sa", "default", "-n", "bench", check=False).returncode == 0
-            )
-        )
-        cluster = Cluster(started.kubeconfig, "bench")
-        cluster.delete_jobs()
+        extra = [f"bench-node-{i}" for i in range(localcluster.DEFAULT_NODES, nodes)]
+        fakenodes.ensure_nodes(cluster, extra, timeout=300)
+        install_crd(cluster.kubectl)
+        create_namespace(cluster.kubectl, "bench", exist_ok=True)
+        recorder = Recorder(cluster.kubeconfig, "bench")
+        recorder.delete_jobs()
         results: dict[str, Any] = {
             "machine": {
-                "cpus": __import__("os").cpu_count(),
+                "cpus": os.cpu_count(),
                 "platform": platform.platform(),
                 "python": platform.python_version(),
             },
             "rank_table_compute": bench_rank_table(),
         }
         results["single_job"], results["single_job_operator"] = with_operator(
-            started.kubeconfig, workdir, "single", lambda: bench_single_job(cluster, args.runs)
+            cluster.kubeconfig, workdir, "single", lambda: bench_single_job(recorder, args.runs)
         )
-        cluster.delete_jobs()
+        recorder.delete_jobs()
         results["wave"], results["wave_operator"] = with_operator(
-            started.kubeconfig, workdir, "wave", lambda: bench_wave(cluster, args.jobs, 2)
+            cluster.kubeconfig, workdir, "wave", lambda: bench_wave(recorder, args.jobs, 2)
         )
-        cluster.delete_jobs()
+        recorder.delete_jobs()
         results["big_job"], results["big_job_operator"] = with_operator(
-            started.kubeconfig, workdir, "big", lambda: bench_wave(cluster, 1, args.big_replicas)
+            cluster.kubeconfig, workdir, "big", lambda: bench_wave(recorder, 1, args.big_replicas)
         )
-        cluster.delete_jobs()
+        recorder.delete_jobs()
     finally:
         if not args.keep_cluster:
             localcluster.stop(args.cluster)

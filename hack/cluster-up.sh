@@ -5,5 +5,6 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=$root/.venv/bin/python
-[[ -x $python ]] || python=python3
+# The cluster code needs the project's virtualenv (psutil, the packages): make it first.
+[[ -x $python ]] || bash "$root/hack/setup.sh" >&2
 exec "$python" "$root/hack/localcluster.py" up "$@"

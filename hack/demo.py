@@ -20,15 +20,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HACK = Path(__file__).resolve().parent
-ROOT = HACK.parent
-sys.path.insert(0, str(HACK))
+import localcluster
+from podrunner import LocalKubelet
+from testsupport import (
+    CRD_NAME,
+    REPO_ROOT,
+    TERMINAL_PHASES,
+    create_namespace,
+    find_tool,
+    service_account_kubeconfig,
+)
 
-import localcluster  # noqa: E402
-from podrunner import LocalKubelet  # noqa: E402
-
-EXAMPLE = ROOT / "examples" / "densenet121-cpu-demo.yaml"
-CHART = ROOT / "charts" / "densenet-operator"
+EXAMPLE = REPO_ROOT / "examples" / "densenet121-cpu-demo.yaml"
+CHART = REPO_ROOT / "charts" / "densenet-operator"
 DEMO_DIR = Path("/tmp/densenet-demo")  # the example's hostPath volumes point here
 RELEASE, OPERATOR_NAMESPACE, NAMESPACE = "densenet-operator", "densenet-system", "densenet-demo"
 
@@ -38,10 +42,10 @@ def say(message: str) -> None:
 
 
 class Demo:
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: localcluster.Cluster) -> None:
         self.cluster = cluster
-        self.kubectl = cluster.kubectl  # raises with kubectl's stderr on failure
-        self.helm = Path(sys.executable).parent / "helm"
+        self.kubectl = cluster.kubectl  # testsupport.Kubectl: raises with kubectl's stderr
+        self.helm = find_tool("helm")
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
 
     def install_chart(self) -> None:
@@ -51,12 +55,11 @@ class Demo:
              "--create-namespace", "--set", "replicas=0", "--take-ownership", "--wait", "--timeout", "120s"],
             env=self.env, check=True, capture_output=True, text=True,
         )  # fmt: skip
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/densenettrainings.training.densenet.dev")  # fmt: skip
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
 
     def operator_kubeconfig(self, workdir: Path) -> Path:
         """The chart's ServiceAccount identity: the operator runs with exactly its RBAC."""
-        return localcluster.service_account_kubeconfig(
+        return service_account_kubeconfig(
             self.cluster.kubeconfig,
             OPERATOR_NAMESPACE,
             RELEASE,
@@ -77,6 +80,35 @@ class Demo:
 
     def table(self) -> str:
         return self.kubectl("get", "densenettrainings", "-n", NAMESPACE, "-o", "wide").stdout
+
+    def apply_example(self, epochs: int | None) -> str:
+        """A fresh run of the example (not a resume of the last demo's checkpoints)."""
+        name = "densenet121-cpu-demo"
+        create_namespace(self.kubectl, NAMESPACE, exist_ok=True)
+        self.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        shutil.rmtree(DEMO_DIR / "checkpoints" / name, ignore_errors=True)
+        manifest = EXAMPLE.read_text()
+        if epochs:
+            manifest = manifest.replace("epochs: 7", f"epochs: {epochs}")
+        say(f"applying {EXAMPLE.relative_to(REPO_ROOT)}")
+        print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=manifest).stdout.strip())
+        return name
+
+    def train(self, name: str, workdir: Path, timeout: float) -> None:
+        """Runs the job's pods here until it ends, showing each new `kubectl get dnt` row."""
+        kubelet = LocalKubelet(self.cluster.kubeconfig, NAMESPACE, name, workdir / "pods")
+        last_row = ""
+
+        def finished() -> bool:
+            nonlocal last_row
+            status = self.job_status(name)
+            row = " ".join(self.table().splitlines()[-1].split()[:-1]) if status else ""  # no AGE
+            if row and row != last_row:
+                say(f"kubectl get dnt: {row}")
+                last_row = row
+            return status.get("phase") in TERMINAL_PHASES
+
+        kubelet.run_until(finished, timeout=timeout)
 
 
 def write_digits(size: int) -> Path:
@@ -116,31 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         demo.install_chart()
         operator = demo.start_operator(workdir)
         write_digits(32)
-        demo.kubectl("create", "namespace", NAMESPACE, check=False)
-        manifest = EXAMPLE.read_text()
-        name = "densenet121-cpu-demo"
-        demo.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-        # A new run, not a resume of the last demo's checkpoints.
-        shutil.rmtree(DEMO_DIR / "checkpoints" / name, ignore_errors=True)
-        if args.epochs:
-            manifest = manifest.replace("epochs: 7", f"epochs: {args.epochs}")
-        say(f"applying {EXAMPLE.relative_to(ROOT)}")
-        print(demo.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=manifest).stdout.strip())
-        kubelet = LocalKubelet(cluster.kubeconfig, NAMESPACE, name, workdir / "pods")
-        last_line = ""
-
-        def finished() -> bool:
-            nonlocal last_line
-            status = demo.job_status(name)
-            row = (
-                " ".join(demo.table().splitlines()[-1].split()[:-1]) if status else ""
-            )  # without AGE
-            if row and row != last_line:
-                say(f"kubectl get dnt: {row}")
-                last_line = row
-            return status.get("phase") in ("Succeeded", "Failed")
-
-        kubelet.run_until(finished, timeout=args.timeout)
+        name = demo.apply_example(args.epochs)
+        demo.train(name, workdir, args.timeout)
         print()
         say("kubectl get densenettrainings -n " + NAMESPACE)
         print(demo.table())

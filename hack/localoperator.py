@@ -1,5 +1,9 @@
-"""Runs the operator as a local process against a cluster: for the tests, the benchmarks and
-the demo. `wait_for` is the polling helper they share."""
+"""Runs the operator as a local process against a cluster: for the tests and the benchmarks.
+
+The operator is the real one (`python -m densenet_operator.cli run`), started as it would be in
+its Deployment but from this venv, with the kubeconfig it is given instead of an in-cluster
+ServiceAccount token, and its liveness endpoint on a free local port.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.2, what: str = ""
-) -> Any:
-    """Polls until predicate() is truthy and returns its value; fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}"
-    )
+import psutil
+from testsupport import wait_for
 
 
 def _free_port() -> int:
@@ -120,16 +110,20 @@ class OperatorProcess:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the operator was never started"
+        return self.process.pid
 
-def peak_rss_bytes(pid: int) -> int:
-    """VmHWM: the process's peak resident set size."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the operator has used so far."""
+        times = psutil.Process(self.pid).cpu_times()
+        return times.user + times.system
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def peak_rss_bytes(self) -> int:
+        """The operator's peak resident set size (Linux's VmHWM: psutil reports only the
+        current RSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0

@@ -1,38 +1,45 @@
-"""A local stand-in for the kubelet's container runtime, for the demo and the end-to-end test.
+"""A local stand-in for a kubelet and its container runtime, for the demo and the e2e test.
 
-KWOK schedules pods and gives them IPs, but runs nothing. This runs the trainer container of
-each scheduled pod of a job as a local process, exactly as the operator wrote it: the pod's
-command and args, its env (downward-API fields resolved), its volumes (ConfigMaps written to a
-local directory and kept in sync, hostPath as the host path, emptyDir as a fresh directory),
-and its ServiceAccount's identity (a TokenRequest token in a kubeconfig). What cannot be the
-same without a container runtime is translated, and only that: a mount path in an argument
-or variable becomes the local directory behind it, and the cluster DNS name of the master
-becomes 127.0.0.1 (every pod runs on this machine). When a process exits, the pod's status is
-set as a kubelet would (phase and the container's exit code), so the operator sees it.
+KWOK schedules pods and gives them IPs, but runs nothing. `LocalKubelet` runs the trainer
+container of each scheduled pod of a job as a local process, exactly as the operator wrote it:
+the pod's command and args, its env (downward-API fields resolved), its volumes (ConfigMaps
+written to a local directory and kept in sync, hostPath as the host path, emptyDir as a fresh
+directory), and its ServiceAccount's identity (a TokenRequest token in a kubeconfig). What
+cannot be the same without a container runtime is translated, and only that: a mount path in
+an argument or variable becomes the local directory behind it, and a variable holding a pod's
+cluster DNS name under the pod's own subdomain (`<host>.<subdomain>`, e.g. MASTER_ADDR or
+PET_MASTER_ADDR: the headless Service's name for the master) becomes 127.0.0.1, since every pod
+runs on this machine. When a process exits, the pod's status is written by kubelet.py, as a
+kubelet would (phase, conditions, the container's exit code), so the operator sees it.
+
+Not emulated: images (the process runs from this venv), resource limits, probes, container
+restarts, init and sidecar containers (only the first container runs), Secrets and projected
+volumes other than the ServiceAccount token, and network isolation between pods.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from kubelet import exit_code_of, set_pod_phase
 from kubernetes import client, config
+from testsupport import Kubectl, find_tool, service_account_kubeconfig, wait_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localcluster import service_account_kubeconfig
+from densenet_operator.naming import LABEL_JOB
 
-JOB_LABEL = "training.densenet.dev/job-name"
-MERGE_PATCH = "application/merge-patch+json"
+LOCALHOST = "127.0.0.1"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass
@@ -71,13 +78,35 @@ def translate(value: str, mounts: Mapping[str, Path]) -> str:
     return value
 
 
+def is_pod_dns_name(value: str, subdomain: str | None, namespace: str) -> bool:
+    """Whether `value` names a pod through its headless Service: `<host>.<subdomain>`, or the
+    same with `.<namespace>`, `.<namespace>.svc` or `.<namespace>.svc.cluster.local` after it."""
+    if not subdomain:
+        return False
+    host, _, rest = value.partition(".")
+    under = (subdomain, f"{subdomain}.{namespace}", f"{subdomain}.{namespace}.svc",
+             f"{subdomain}.{namespace}.svc.cluster.local")  # fmt: skip
+    return DNS_LABEL.fullmatch(host) is not None and rest in under
+
+
+def localize_pod_addresses(
+    env: Mapping[str, str], subdomain: str | None, namespace: str
+) -> dict[str, str]:
+    """Every variable that holds a pod's DNS name under `subdomain` -> 127.0.0.1: the cluster
+    DNS does not resolve here, and every pod runs on this machine."""
+    return {
+        key: LOCALHOST if is_pod_dns_name(value, subdomain, namespace) else value
+        for key, value in env.items()
+    }
+
+
 @dataclass
 class LocalKubelet:
     kubeconfig: Path
     namespace: str
     job: str
     workdir: Path
-    output: TextIO = sys.stdout
+    output: TextIO | None = None  # default: sys.stdout as it is when a line is printed
     on_line: Callable[[str, str], None] | None = None
     running: dict[str, _Running] = field(default_factory=dict)
     finished: dict[str, int] = field(default_factory=dict)  # pod uid -> exit code
@@ -85,14 +114,15 @@ class LocalKubelet:
     def __post_init__(self) -> None:
         self.api_client = config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = client.CoreV1Api(self.api_client)
+        self.kubectl = Kubectl(find_tool("kubectl"), self.kubeconfig)
         self._lock = threading.Lock()
 
     # -- one pass -------------------------------------------------------------------------
     def sync(self) -> None:
-        pods = self.core.list_namespaced_pod(
-            self.namespace, label_selector=f"{JOB_LABEL}={self.job}", _preload_content=False
-        )
-        items = json.loads(pods.data)["items"]
+        reply: Any = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{LABEL_JOB}={self.job}", _preload_content=False
+        )  # the raw reply (urllib3), not a V1PodList: JSON is all that is needed
+        items = json.loads(reply.data)["items"]
         live = {
             p["metadata"]["uid"]: p for p in items if not p["metadata"].get("deletionTimestamp")
         }
@@ -116,13 +146,16 @@ class LocalKubelet:
     def run_until(
         self, done: Callable[[], bool], interval: float = 0.5, timeout: float = 3600
     ) -> None:
-        deadline = time.monotonic() + timeout
+        """Syncs every `interval` seconds until done() holds; then stops every process."""
+
+        def finished() -> bool:
+            if done():
+                return True
+            self.sync()
+            return False
+
         try:
-            while not done():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.job} did not finish within {timeout:.0f}s")
-                self.sync()
-                time.sleep(interval)
+            wait_for(finished, timeout, interval, what=f"job {self.job} to finish")
         finally:
             self.stop_all()
 
@@ -132,11 +165,10 @@ class LocalKubelet:
         self.running.clear()
 
     # -- containers -----------------------------------------------------------------------
-    def _start(self, pod: Mapping[str, Any]) -> _Running:
-        name = pod["metadata"]["name"]
-        container = pod["spec"]["containers"][0]
-        root = self.workdir / name / pod["metadata"]["uid"][:8]
-        root.mkdir(parents=True, exist_ok=True)
+    def _volumes(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], root: Path
+    ) -> tuple[dict[str, Path], dict[Path, tuple[str, str]]]:
+        """Mount path -> local directory; and the ConfigMaps to keep in sync, by directory."""
         mounts: dict[str, Path] = {}
         configmaps: dict[Path, tuple[str, str]] = {}
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or ()}
@@ -144,16 +176,20 @@ class LocalKubelet:
             volume = volumes[mount["name"]]
             if "hostPath" in volume:
                 local = Path(volume["hostPath"]["path"])
-                local.mkdir(parents=True, exist_ok=True)
             else:
                 local = root / "volumes" / mount["name"]
-                local.mkdir(parents=True, exist_ok=True)
                 if "configMap" in volume:
                     configmaps[local] = (volume["configMap"]["name"], self.namespace)
+            local.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = local
+        return mounts, configmaps
+
+    def _process_env(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any], mounts: Mapping[str, Path],
+        root: Path,
+    ) -> dict[str, str]:  # fmt: skip
         env = {key: translate(value, mounts) for key, value in resolve_env(pod, container).items()}
-        if env.get("MASTER_ADDR", "").split(".")[-1] == pod["spec"].get("subdomain"):
-            env["MASTER_ADDR"] = "127.0.0.1"  # the cluster DNS name; every pod runs here
+        env = localize_pod_addresses(env, pod["spec"].get("subdomain"), self.namespace)
         env["KUBECONFIG"] = str(self._service_account_kubeconfig(pod, root))
         process_env = {
             key: value
@@ -162,6 +198,15 @@ class LocalKubelet:
         }
         process_env.update(env)
         process_env["PATH"] = f"{Path(sys.executable).parent}:{process_env.get('PATH', '')}"
+        return process_env
+
+    def _start(self, pod: Mapping[str, Any]) -> _Running:
+        name = pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]
+        root = self.workdir / name / pod["metadata"]["uid"][:8]
+        root.mkdir(parents=True, exist_ok=True)
+        mounts, configmaps = self._volumes(pod, container, root)
+        process_env = self._process_env(pod, container, mounts, root)
         argv = [
             translate(a, mounts)
             for a in (container.get("command") or []) + (container.get("args") or [])
@@ -188,7 +233,7 @@ class LocalKubelet:
             if self.on_line is not None:
                 self.on_line(pod, line)
             else:
-                print(f"[{pod}] {line}", file=self.output, flush=True)
+                print(f"[{pod}] {line}", file=self.output or sys.stdout, flush=True)
 
     def _refresh_configmaps(self, run: _Running) -> None:
         """As the kubelet does: the files follow the ConfigMap, replaced atomically."""
@@ -219,23 +264,13 @@ class LocalKubelet:
         self._print(run.pod, f"stopped (exit code {run.process.returncode})")
 
     def _report_exit(self, run: _Running) -> None:
-        code = run.process.returncode
-        if code < 0:  # killed by a signal: report as a shell would, 128 + signal
-            code = 128 - code
+        """As the kubelet does when the pod's container ends (restartPolicy Never)."""
+        code = exit_code_of(run.process.returncode)
         run.pump.join(timeout=5)
         self.finished[run.uid] = code
         phase = "Succeeded" if code == 0 else "Failed"
         self._print(run.pod, f"exited with code {code}: pod {phase}")
-        status = {
-            "phase": phase,
-            "containerStatuses": [{
-                "name": "trainer", "image": "local", "imageID": "", "ready": False, "restartCount": 0,
-                "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}},
-            }],
-        }  # fmt: skip
-        self.core.patch_namespaced_pod_status(
-            run.pod, self.namespace, {"status": status}, _content_type=MERGE_PATCH
-        )
+        set_pod_phase(self.kubectl, self.namespace, run.pod, phase, exit_code=code)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -4,23 +4,18 @@ Nothing is faked but the container runtime."""
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
+import demo
 import pytest
-
-from tests.conftest import ROOT
+from localcluster import Cluster
+from localoperator import OperatorProcess
+from testsupport import Kubectl
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-sys.path.insert(0, str(ROOT / "hack"))
 
 
 def test_the_demo_trains_through_the_operator_and_reports_back(
-    cluster: Any, kubectl: Any, capsys: pytest.CaptureFixture[str]
+    cluster: Cluster, kubectl: Kubectl, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import demo
-    from localoperator import OperatorProcess
-
     with OperatorProcess.others_stopped():  # the demo runs its own operator
         assert demo.main(["--cluster", cluster.name, "--keep-cluster", "--epochs", "2"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""hack/localcluster.py: configuration rendering (unit) and the running cluster (integration)."""
+"""The local cluster (hack/localcluster.py, controlplane.py, fakenodes.py, kubelet.py):
+configuration, manifests and status patches (unit) and the running cluster (integration)."""
 
 from __future__ import annotations
 
@@ -6,25 +7,24 @@ import ipaddress
 import json
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import localcluster  # loaded from hack/ by tests/conftest.py
+import controlplane
+import fakenodes
+import kubelet
 import pytest
+from localcluster import Cluster
+from testsupport import (
+    Kubectl,
+    condition,
+    is_running,
+    pod_phase,
+    service_account_kubeconfig,
+    wait_for,
+)
 
-NPU = localcluster.NPU_RESOURCE
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+NPU = fakenodes.NPU_RESOURCE
 
 
 def npu_pod(name: str, npus: int, **spec: Any) -> dict[str, Any]:
@@ -45,18 +45,12 @@ def npu_pod(name: str, npus: int, **spec: Any) -> dict[str, Any]:
     }
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next(
-        (c for c in obj.get("status", {}).get("conditions") or [] if c["type"] == type_), None
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Unit tests: no cluster
 
 
 def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None:
-    config = localcluster.render_kwokctl_config(tmp_path / "bin", tmp_path / "kubectl")
+    config = controlplane.render_kwokctl_config(tmp_path / "bin", tmp_path / "kubectl")
     assert config["kind"] == "KwokctlConfiguration"
     options = config["options"]
     assert options["runtime"] == "binary"
@@ -76,39 +70,39 @@ def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None
 
 
 def test_node_manifest_advertises_eight_npus() -> None:
-    node = localcluster.node_manifest("n0", 0)
+    node = fakenodes.node_manifest("n0", 0)
     for field in ("capacity", "allocatable"):
         assert node["status"][field] == {"cpu": "96", "memory": "512Gi", "pods": "110", NPU: "8"}
     labels = node["metadata"]["labels"]
     assert labels["node.kubernetes.io/instance-type"] == "ascend-910"
     assert labels["accelerator"] == "huawei-Ascend910"
     assert labels["type"] == "kwok"
-    assert localcluster.node_manifest("n", 1, npus=4)["status"]["allocatable"][NPU] == "4"
+    assert fakenodes.node_manifest("n", 1, npus=4)["status"]["allocatable"][NPU] == "4"
 
 
 def test_nodes_get_distinct_ips_and_pod_cidrs() -> None:
-    nodes = [localcluster.node_manifest(f"n{i}", i) for i in range(8)]
+    nodes = [fakenodes.node_manifest(f"n{i}", i) for i in range(8)]
     ips = [n["status"]["addresses"][0]["address"] for n in nodes]
     cidrs = [ipaddress.ip_network(n["spec"]["podCIDR"]) for n in nodes]
     assert len(set(ips)) == len(ips) and len(set(cidrs)) == len(cidrs)
     assert not any(a.overlaps(b) for i, a in enumerate(cidrs) for b in cidrs[i + 1 :])
     assert all(ipaddress.ip_address(ip) not in c for ip in ips for c in cidrs)
-    assert [localcluster.node_slot(n) for n in nodes] == list(range(8))
+    assert [fakenodes.node_slot(n) for n in nodes] == list(range(8))
 
 
 def test_node_slot_falls_back_to_pod_cidr_and_free_slot_fills_gaps() -> None:
-    node = localcluster.node_manifest("n", 5)
-    del node["metadata"]["annotations"][localcluster.SLOT_ANNOTATION]
-    assert localcluster.node_slot(node) == 5
-    assert localcluster.node_slot({"metadata": {}, "spec": {}}) is None
-    assert localcluster.free_slot([0, 1, 3]) == 2
-    assert localcluster.free_slot([]) == 0
+    node = fakenodes.node_manifest("n", 5)
+    del node["metadata"]["annotations"][fakenodes.SLOT_ANNOTATION]
+    assert fakenodes.node_slot(node) == 5
+    assert fakenodes.node_slot({"metadata": {}, "spec": {}}) is None
+    assert fakenodes.free_slot([0, 1, 3]) == 2
+    assert fakenodes.free_slot([]) == 0
     with pytest.raises(ValueError):
-        localcluster.node_ip(localcluster.MAX_NODES)
+        fakenodes.node_ip(fakenodes.MAX_NODES)
 
 
 def test_default_node_names() -> None:
-    assert localcluster.default_node_names(2) == ["ascend-node-0", "ascend-node-1"]
+    assert fakenodes.default_node_names(2) == ["ascend-node-0", "ascend-node-1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ def test_default_node_names() -> None:
 
 
 @pytest.mark.integration
-def test_nodes_are_ready_with_npus(kubectl: Any, cluster: Any) -> None:
+def test_nodes_are_ready_with_npus(kubectl: Kubectl, cluster: Cluster) -> None:
     nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
     assert set(cluster.nodes) <= set(nodes)
     ips = set()
@@ -124,35 +118,30 @@ def test_nodes_are_ready_with_npus(kubectl: Any, cluster: Any) -> None:
         node = nodes[name]
         assert condition(node, "Ready")["status"] == "True"
         assert node["status"]["allocatable"][NPU] == "8"
-        ips.add(
-            next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
-        )
+        ips.add(fakenodes.internal_ip(node))
     assert len(ips) == len(cluster.nodes)
 
 
 @pytest.mark.integration
-def test_pod_with_eight_npus_runs_on_a_fake_node(kubectl: Any, namespace: str) -> None:
+def test_pod_with_eight_npus_runs_on_a_fake_node(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(npu_pod("eight", 8), "-n", namespace)
 
     def running() -> dict[str, Any] | None:
         pod = kubectl.json("get", "pod", "eight", "-n", namespace)
-        return (
-            pod if pod["status"].get("phase") == "Running" and pod["status"].get("podIP") else None
-        )
+        return pod if is_running(pod) else None
 
-    pod = wait_for("pod eight to run", running)
+    pod = wait_for(running, 30, what="pod eight to run")
     node = kubectl.json("get", "node", pod["spec"]["nodeName"])
     assert node["metadata"]["labels"]["type"] == "kwok"
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(
         node["spec"]["podCIDR"]
     )
-    node_ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
-    assert pod["status"]["hostIP"] == node_ip
+    assert pod["status"]["hostIP"] == fakenodes.internal_ip(node)
     assert condition(pod, "Ready")["status"] == "True"
 
 
 @pytest.mark.integration
-def test_pod_with_nine_npus_is_unschedulable(kubectl: Any, namespace: str) -> None:
+def test_pod_with_nine_npus_is_unschedulable(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(npu_pod("nine", 9), "-n", namespace)
 
     def unschedulable() -> dict[str, Any] | None:
@@ -160,7 +149,7 @@ def test_pod_with_nine_npus_is_unschedulable(kubectl: Any, namespace: str) -> No
         cond = condition(pod, "PodScheduled")
         return cond if cond and cond["status"] == "False" else None
 
-    cond = wait_for("PodScheduled=False", unschedulable)
+    cond = wait_for(unschedulable, 30, what="PodScheduled=False")
     assert cond["reason"] == "Unschedulable"
     assert f"Insufficient {NPU}" in cond["message"]
     pod = kubectl.json("get", "pod", "nine", "-n", namespace)
@@ -168,15 +157,9 @@ def test_pod_with_nine_npus_is_unschedulable(kubectl: Any, namespace: str) -> No
 
 
 @pytest.mark.integration
-def test_kwok_leaves_a_failed_pod_failed(kubectl: Any, namespace: str) -> None:
+def test_kwok_leaves_a_failed_pod_failed(kubectl: Kubectl, namespace: str) -> None:
     kubectl.apply(npu_pod("doomed", 1), "-n", namespace)
-    wait_for(
-        "pod doomed to run",
-        lambda: (
-            kubectl.json("get", "pod", "doomed", "-n", namespace)["status"].get("phase")
-            == "Running"
-        ),
-    )
+    wait_for(lambda: pod_phase(kubectl, namespace, "doomed") == "Running", 30, what="doomed runs")
     patch = {"status": {"phase": "Failed", "reason": "Error", "message": "injected by a test"}}
     kubectl(
         "patch",
@@ -196,7 +179,7 @@ def test_kwok_leaves_a_failed_pod_failed(kubectl: Any, namespace: str) -> None:
 
 
 @pytest.mark.integration
-def test_service_account_token_and_rbac(kubectl: Any, namespace: str, tmp_path: Path) -> None:
+def test_service_account_token_and_rbac(kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
     kubectl("create", "serviceaccount", "reader", "-n", namespace)
     kubectl("create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", namespace)
     kubectl(
@@ -209,41 +192,24 @@ def test_service_account_token_and_rbac(kubectl: Any, namespace: str, tmp_path: 
         namespace,
     )
     kubectl("create", "secret", "generic", "hidden", "--from-literal=k=v", "-n", namespace)
-    token = kubectl("create", "token", "reader", "-n", namespace).stdout.strip()  # TokenRequest
-    assert token.count(".") == 2
-
-    # A kubeconfig with the token only (the admin's client certificate would win otherwise).
-    server = kubectl.json("config", "view", "--raw", "--minify")["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": "reader", "user": {"token": token}}],
-        "contexts": [
-            {
-                "name": "reader",
-                "context": {"cluster": "local", "user": "reader", "namespace": namespace},
-            }
-        ],
-        "current-context": "reader",
-    }
-    (tmp_path / "reader.kubeconfig").write_text(json.dumps(config))
-    reader = type(kubectl)(kubectl.binary, tmp_path / "reader.kubeconfig")
+    # A kubeconfig with a TokenRequest token only (the admin's client certificate would win
+    # otherwise): what testsupport.service_account_kubeconfig writes for stand-ins of pods.
+    path = service_account_kubeconfig(kubectl.kubeconfig, namespace, "reader", tmp_path / "r")
+    [user] = json.loads(path.read_text())["users"]
+    assert user["user"]["token"].count(".") == 2 and set(user["user"]) == {"token"}
+    reader = Kubectl(kubectl.binary, path)
 
     who = reader.json("auth", "whoami")
     assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:reader"
-    wait_for(
-        "pods readable", lambda: reader("get", "pods", check=False).returncode == 0, timeout=10
-    )
+    wait_for(lambda: reader.succeeds("get", "pods"), 10, what="pods readable")
     denied = reader("get", "secret", "hidden", check=False)
     assert denied.returncode != 0 and "Forbidden" in denied.stderr
     assert reader("auth", "can-i", "get", "secrets", check=False).stdout.strip() == "no"
 
 
-@pytest.mark.integration
-def test_crd_with_cel_validation_and_status_subresource(kubectl: Any, namespace: str) -> None:
-    group = f"t{uuid.uuid4().hex[:8]}.example.com"
-    crd = {
+def widget_crd(group: str) -> dict[str, Any]:
+    """A CRD with a CEL rule on spec and a status subresource."""
+    return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"widgets.{group}"},
@@ -282,7 +248,12 @@ def test_crd_with_cel_validation_and_status_subresource(kubectl: Any, namespace:
             ],
         },
     }
-    kubectl.apply(crd)
+
+
+@pytest.mark.integration
+def test_crd_with_cel_validation_and_status_subresource(kubectl: Kubectl, namespace: str) -> None:
+    group = f"t{uuid.uuid4().hex[:8]}.example.com"
+    kubectl.apply(widget_crd(group))
     try:
         kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s")
 
@@ -298,14 +269,9 @@ def test_crd_with_cel_validation_and_status_subresource(kubectl: Any, namespace:
         assert bad.returncode != 0 and "at most 4 replicas" in bad.stderr
         # The new resource's discovery may lag Established by a moment.
         wait_for(
-            "widget created",
-            lambda: (
-                kubectl(
-                    "apply", "-n", namespace, "-f", "-", input=widget("ok", 2), check=False
-                ).returncode
-                == 0
-            ),
-            timeout=15,
+            lambda: kubectl.succeeds("apply", "-n", namespace, "-f", "-", input=widget("ok", 2)),
+            15,
+            what="widget created",
         )
         kubectl(
             "patch",
@@ -325,7 +291,7 @@ def test_crd_with_cel_validation_and_status_subresource(kubectl: Any, namespace:
 
 
 @pytest.mark.integration
-def test_owner_reference_garbage_collection(kubectl: Any, namespace: str) -> None:
+def test_owner_reference_garbage_collection(kubectl: Kubectl, namespace: str) -> None:
     kubectl("create", "configmap", "owner", "-n", namespace)
     owner = kubectl.json("get", "configmap", "owner", "-n", namespace)
     child = {
@@ -346,19 +312,19 @@ def test_owner_reference_garbage_collection(kubectl: Any, namespace: str) -> Non
     kubectl.apply(child, "-n", namespace)
     kubectl("delete", "configmap", "owner", "-n", namespace)
     wait_for(
-        "child to be garbage-collected",
-        lambda: kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0,
-        timeout=60,
+        lambda: not kubectl.succeeds("get", "configmap", "child", "-n", namespace),
+        60,
+        what="child to be garbage-collected",
     )
 
 
 @pytest.mark.integration
-def test_set_pod_phase_fails_a_running_pod(cluster: Any, kubectl: Any, namespace: str) -> None:
-    kubectl.apply(npu_pod("worker", 1), "-n", namespace)
-    wait_for("pod worker to run", lambda: phase(kubectl, namespace, "worker") == "Running")
-    localcluster.set_pod_phase(cluster, namespace, "worker", "Failed", exit_code=3, reason="Error")
+def test_set_pod_phase_fails_a_running_pod(kubectl: Kubectl, namespace: str) -> None:
+    kubectl.apply(npu_pod("trainer", 1), "-n", namespace)
+    wait_for(lambda: pod_phase(kubectl, namespace, "trainer") == "Running", 30, what="it runs")
+    kubelet.set_pod_phase(kubectl, namespace, "trainer", "Failed", exit_code=3, reason="Error")
     time.sleep(2)
-    pod = kubectl.json("get", "pod", "worker", "-n", namespace)
+    pod = kubectl.json("get", "pod", "trainer", "-n", namespace)
     assert pod["status"]["phase"] == "Failed"
     assert condition(pod, "Ready")["status"] == "False"
     [status] = pod["status"]["containerStatuses"]
@@ -366,9 +332,9 @@ def test_set_pod_phase_fails_a_running_pod(cluster: Any, kubectl: Any, namespace
 
 
 @pytest.mark.integration
-def test_add_and_delete_node(cluster: Any, kubectl: Any, namespace: str) -> None:
+def test_add_and_delete_node(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
     name = f"extra-{uuid.uuid4().hex[:6]}"
-    assert localcluster.add_node(cluster, name, npus=2) == name
+    assert fakenodes.add_node(cluster, name, npus=2) == name
     try:
         node = kubectl.json("get", "node", name)
         assert condition(node, "Ready")["status"] == "True"
@@ -377,9 +343,9 @@ def test_add_and_delete_node(cluster: Any, kubectl: Any, namespace: str) -> None
         assert node["spec"]["podCIDR"] not in {n["spec"].get("podCIDR") for n in others}
         pinned = npu_pod("pinned", 2, nodeSelector={"kubernetes.io/hostname": name})
         kubectl.apply(pinned, "-n", namespace)
-        wait_for("pinned pod to run", lambda: phase(kubectl, namespace, "pinned") == "Running")
+        wait_for(lambda: pod_phase(kubectl, namespace, "pinned") == "Running", 30, what="pinned")
     finally:
-        localcluster.delete_node(cluster, name)
+        fakenodes.delete_node(cluster, name)
     assert kubectl("get", "node", name, check=False).returncode != 0
     # The pod stays bound to the missing node until the pod garbage collector removes it
     # (about 45 s later).
@@ -388,15 +354,11 @@ def test_add_and_delete_node(cluster: Any, kubectl: Any, namespace: str) -> None
 
 
 @pytest.mark.integration
-def test_delete_node_with_gc_pods(cluster: Any, kubectl: Any, namespace: str) -> None:
+def test_delete_node_with_gc_pods(cluster: Cluster, kubectl: Kubectl, namespace: str) -> None:
     name = f"doomed-{uuid.uuid4().hex[:6]}"
-    localcluster.add_node(cluster, name)
-    kubectl.apply(npu_pod("w0", 8, nodeSelector={"kubernetes.io/hostname": name}), "-n", namespace)
-    wait_for("w0 to run", lambda: phase(kubectl, namespace, "w0") == "Running")
-    localcluster.delete_node(cluster, kubectl.json("get", "node", name), gc_pods=True)
-    wait_for("w0 to be deleted", lambda: phase(kubectl, namespace, "w0") is None, timeout=10)
-
-
-def phase(kubectl: Any, namespace: str, name: str) -> str | None:
-    proc = kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(proc.stdout)["status"].get("phase") if proc.returncode == 0 else None
+    fakenodes.add_node(cluster, name)
+    pinned = npu_pod("pinned", 8, nodeSelector={"kubernetes.io/hostname": name})
+    kubectl.apply(pinned, "-n", namespace)
+    wait_for(lambda: pod_phase(kubectl, namespace, "pinned") == "Running", 30, what="it runs")
+    fakenodes.delete_node(cluster, kubectl.json("get", "node", name), gc_pods=True)
+    wait_for(lambda: pod_phase(kubectl, namespace, "pinned") is None, 10, what="pod deleted")

@@ -4,27 +4,26 @@ real process (`densenet-operator run`) against it."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from kubelet import set_pod_phase
+from localcluster import Cluster
+from localoperator import OperatorProcess
+from testsupport import REPO_ROOT, Kubectl, is_running, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "hack"))
+from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX
 
-from localoperator import OperatorProcess, wait_for  # noqa: E402
-
-from tests.conftest import localcluster  # noqa: E402
-
-ASCEND_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
+ROOT = REPO_ROOT
+ASCEND_ANNOTATION = ASCEND_CONFIG_ANNOTATION
+# What the test modules of this folder import from here.
 __all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: Any, crd: None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     # Cluster-wide. Tests that run an operator of their own stop this one meanwhile
     # (OperatorProcess.others_stopped), so that two never act on the same jobs.
@@ -39,10 +38,10 @@ def operator(
 class Jobs:
     """Helpers on DenseNetTrainings and their pods in one namespace."""
 
-    def __init__(self, kubectl: Any, namespace: str, cluster: Any) -> None:
+    def __init__(self, kubectl: Kubectl, namespace: str, cluster: object = None) -> None:
+        # `cluster` is not used any more (kubectl is all it takes); callers may still pass it.
         self.kubectl = kubectl
         self.namespace = namespace
-        self.cluster = cluster
 
     def get(self, name: str) -> dict[str, Any]:
         return self.kubectl.json("get", "dnt", name, "-n", self.namespace)
@@ -51,12 +50,9 @@ class Jobs:
         return self.get(name).get("status") or {}
 
     def pods(self, name: str) -> list[dict[str, Any]]:
-        items = self.kubectl.json(
-            "get", "pods", "-n", self.namespace, "-l", f"training.densenet.dev/job-name={name}"
-        )["items"]
-        return sorted(
-            items, key=lambda p: int(p["metadata"]["labels"]["training.densenet.dev/replica-index"])
-        )
+        selector = f"{LABEL_JOB}={name}"
+        items = self.kubectl.json("get", "pods", "-n", self.namespace, "-l", selector)["items"]
+        return sorted(items, key=lambda p: int(p["metadata"]["labels"][LABEL_REPLICA_INDEX]))
 
     def live_pods(self, name: str) -> list[dict[str, Any]]:
         return [p for p in self.pods(name) if not p["metadata"].get("deletionTimestamp")]
@@ -71,11 +67,7 @@ class Jobs:
     def wait_running_pods(self, name: str, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         def ready() -> list[dict[str, Any]] | None:
             pods = self.live_pods(name)
-            ok = len(pods) == count and all(
-                p.get("status", {}).get("phase") == "Running" and p["status"].get("podIP")
-                for p in pods
-            )
-            return pods if ok else None
+            return pods if len(pods) == count and all(map(is_running, pods)) else None
 
         return wait_for(ready, timeout=timeout, what=f"{count} running pods of {name}")
 
@@ -83,7 +75,7 @@ class Jobs:
         self, pod: dict[str, Any], devices: int, *, device_ip: str | None = None
     ) -> None:
         """What the Ascend device plugin does when it allocates NPUs to a pod."""
-        index = int(pod["metadata"]["labels"]["training.densenet.dev/replica-index"])
+        index = int(pod["metadata"]["labels"][LABEL_REPLICA_INDEX])
         config = {
             "pod_name": pod["metadata"]["name"],
             "server_id": pod["status"]["hostIP"],
@@ -108,11 +100,9 @@ class Jobs:
 
     def set_pod_phase(self, pod_name: str, phase: str, exit_code: int | None = None) -> None:
         """Ends a pod as its kubelet would (phase, Ready conditions, the container's exit code)."""
-        localcluster.set_pod_phase(
-            self.cluster, self.namespace, pod_name, phase, exit_code=exit_code
-        )
+        set_pod_phase(self.kubectl, self.namespace, pod_name, phase, exit_code=exit_code)
 
 
 @pytest.fixture
-def jobs(cluster: Any, kubectl: Any, namespace: str, operator: OperatorProcess) -> Jobs:
-    return Jobs(kubectl, namespace, cluster)
+def jobs(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> Jobs:
+    return Jobs(kubectl, namespace)

@@ -97,7 +97,7 @@ def test_pods_that_keep_failing_stop_at_the_backoff_limit(jobs: Jobs) -> None:
 def test_losing_a_node_restarts_the_job_onto_the_remaining_capacity(
     jobs: Jobs, cluster: Any
 ) -> None:
-    from tests.conftest import localcluster
+    import localcluster
 
     node = localcluster.add_node(cluster, "ascend-spare")
     try:

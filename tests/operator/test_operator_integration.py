@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import localcluster
 import pytest
 import yaml
 
 from densenet_operator.spec import parse_spec
-from tests.conftest import localcluster
 from tests.operator.conftest import ROOT, Jobs, wait_for
 
 pytestmark = pytest.mark.integration

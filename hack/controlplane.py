@@ -1,0 +1,383 @@
+"""The local control plane's lifecycle: kwokctl's binary runtime on local binaries.
+
+`hack/build-control-plane.sh` builds kube-apiserver, kube-controller-manager, kube-scheduler,
+etcd, kwok and kwokctl from Go modules; this module points kwokctl at those binaries (it
+downloads nothing), starts, health-checks, reuses and stops the components, and finds and ends
+every process they left behind. These are the real components, unchanged: the scheduler places
+pods, the controller manager runs garbage collection, and kwok-controller keeps fake nodes Ready
+and moves their scheduled pods to Running (fakenodes.py makes the nodes).
+
+Everything binds to 127.0.0.1 on ports kwokctl picks free. State lives under
+`$DENSENET_CACHE/kwok` (default `~/.cache/densenet-operator/kwok`), kwokctl's `KWOK_WORKDIR`,
+so it never touches a user's own `~/.kwok` clusters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+from testsupport import REPO_ROOT, ClusterError, Kubectl, KubectlError, find_tool, wait_for
+
+BUILD_SCRIPT = REPO_ROOT / "hack" / "build-control-plane.sh"
+DEFAULT_NAME = "densenet"
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok-controller",
+)
+# component name in kwokctl -> binary name in the bin directory
+BINARIES = {
+    "etcd": "etcd",
+    "kube-apiserver": "kube-apiserver",
+    "kube-controller-manager": "kube-controller-manager",
+    "kube-scheduler": "kube-scheduler",
+    "kwok-controller": "kwok",
+}
+STATE_FILE = "densenet-cluster.json"
+# What a wait on the cluster retries: kubectl failing or hanging while a component starts.
+TRANSIENT = (KubectlError, subprocess.TimeoutExpired)
+
+
+def log(message: str) -> None:
+    print(f"[localcluster] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """A running cluster: kubectl bound to its admin kubeconfig, and what made it."""
+
+    name: str
+    kubectl: Kubectl
+    bin_dir: Path | None = None  # None for a cluster this module did not start
+    workdir: Path | None = None
+    reused: bool = False
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.kubectl.kubeconfig
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths, binaries, configuration
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DENSENET_CACHE") or Path.home() / ".cache" / "densenet-operator")
+
+
+def kwok_workdir() -> Path:
+    """kwokctl's KWOK_WORKDIR: clusters live in `<workdir>/clusters/<name>`."""
+    return cache_dir() / "kwok"
+
+
+def cluster_dir(name: str = DEFAULT_NAME) -> Path:
+    return kwok_workdir() / "clusters" / name
+
+
+def kubeconfig_path(name: str = DEFAULT_NAME) -> Path:
+    return cluster_dir(name) / "kubeconfig.yaml"
+
+
+def ensure_binaries() -> Path:
+    """Build (or find, when already built) the control plane; return its bin directory."""
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, text=True, check=False
+    )
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise ClusterError(f"{BUILD_SCRIPT} failed with exit status {proc.returncode}")
+    bin_dir = Path(lines[-1])
+    missing = [b for b in (*BINARIES.values(), "kwokctl") if not (bin_dir / b).is_file()]
+    if missing:
+        raise ClusterError(f"{bin_dir} lacks {', '.join(missing)}")
+    return bin_dir
+
+
+def render_kwokctl_config(bin_dir: Path, kubectl: Path) -> dict[str, Any]:
+    """The KwokctlConfiguration: binary runtime, every binary local, RBAC and admission on."""
+    options: dict[str, Any] = {
+        "runtime": "binary",
+        "components": list(COMPONENTS),
+        "kubeApiserverBinary": str(bin_dir / "kube-apiserver"),
+        "kubeControllerManagerBinary": str(bin_dir / "kube-controller-manager"),
+        "kubeSchedulerBinary": str(bin_dir / "kube-scheduler"),
+        "etcdBinary": str(bin_dir / "etcd"),
+        "kwokControllerBinary": str(bin_dir / "kwok"),
+        "kubectlBinary": str(kubectl),
+        "bindAddress": "127.0.0.1",
+        # HTTPS with client certificates, authorization mode Node,RBAC, default admission
+        # plugins (ServiceAccount, NamespaceLifecycle, ...). kwokctl's defaults for Kubernetes
+        # >= 1.13, spelt out so that an environment variable cannot turn them off unnoticed.
+        "securePort": True,
+        "kubeAuthorization": True,
+        "kubeAdmission": True,
+        # No client-side QPS limits and no API priority and fairness: tests create bursts.
+        "disableQPSLimits": True,
+        "quietPull": True,
+    }
+    return {
+        "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+        "kind": "KwokctlConfiguration",
+        "options": options,
+    }
+
+
+def _kwokctl(
+    bin_dir: Path, kubectl: Path, *args: str, timeout: float = 300, log_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KWOK_")}
+    env["KWOK_WORKDIR"] = str(kwok_workdir())
+    # kwokctl looks kubectl up in PATH before it would download one.
+    env["PATH"] = os.pathsep.join([str(kubectl.parent), str(bin_dir), env.get("PATH", "")])
+    proc = subprocess.run(
+        [str(bin_dir / "kwokctl"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=str(kwok_workdir()),
+    )
+    if log_file is not None:
+        with log_file.open("a") as f:
+            f.write(f"$ kwokctl {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
+    return proc
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Serialises start/stop of one cluster between processes (pytest sessions, CLI calls)."""
+    kwok_workdir().mkdir(parents=True, exist_ok=True)
+    with (kwok_workdir() / f".{name}.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie still has its pid, but runs nothing)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def pid_running(pid: int | None) -> bool:
+    try:
+        return pid is not None and _running(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return False
+
+
+def component_pids(name: str = DEFAULT_NAME) -> dict[str, int]:
+    """Pid of each component from kwokctl's pid files (whether it still runs or not)."""
+    pids: dict[str, int] = {}
+    for pid_file in sorted((cluster_dir(name) / "pids").glob("*.pid")):
+        with contextlib.suppress(ValueError, OSError):
+            pids[pid_file.stem] = int(pid_file.read_text().strip())
+    return pids
+
+
+def processes_under(workdir: Path) -> list[psutil.Process]:
+    """Processes running a binary from the cluster's `bin` directory.
+
+    kwokctl runs every component through a link in `<cluster dir>/bin/`, so this finds the
+    components whose pid file is gone, and nothing else.
+    """
+    prefix = f"{workdir / 'bin'}/"
+    return [
+        p
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if p.info["pid"] != os.getpid()
+        and (p.info["cmdline"] or [""])[0].startswith(prefix)
+        and _running(p)
+    ]
+
+
+def terminate(processes: Sequence[psutil.Process], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL whatever still runs after `timeout` seconds."""
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    survivors = [p for p in alive if _running(p)]
+    for process in survivors:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(survivors, timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Health
+
+
+def _load_state(name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((cluster_dir(name) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def api_ready(kubectl: Kubectl) -> bool:
+    proc = kubectl("get", "--raw", "/readyz", check=False, timeout=10)
+    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+def _healthy(name: str, bin_dir: Path, kubectl: Path) -> bool:
+    """Running with our configuration: every component alive and the apiserver ready."""
+    state = _load_state(name)
+    if state is None or state.get("bin_dir") != str(bin_dir):
+        return False
+    if not kubeconfig_path(name).is_file():
+        return False
+    pids = component_pids(name)
+    if set(pids) != set(COMPONENTS) or not all(pid_running(p) for p in pids.values()):
+        return False
+    return api_ready(Kubectl(kubectl, kubeconfig_path(name)))
+
+
+def _component_log_tail(name: str, lines: int = 15) -> str:
+    out = []
+    for log_file in sorted((cluster_dir(name) / "logs").glob("*.log")):
+        with contextlib.suppress(OSError):
+            tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log_file}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def component_status(name: str = DEFAULT_NAME) -> dict[str, dict[str, Any]]:
+    """Each component's pid (from its pid file) and whether that process runs."""
+    pids = component_pids(name)
+    return {c: {"pid": pids.get(c), "running": pid_running(pids.get(c))} for c in COMPONENTS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Start, stop, connect
+
+
+def _cluster(name: str, bin_dir: Path, kubectl: Path, reused: bool) -> Cluster:
+    return Cluster(
+        name=name,
+        kubectl=Kubectl(kubectl, kubeconfig_path(name)),
+        bin_dir=bin_dir,
+        workdir=cluster_dir(name),
+        reused=reused,
+    )
+
+
+def up(name: str, *, bin_dir: Path | None = None, timeout: float = 180) -> Cluster:
+    """The control plane `name` with its apiserver ready: reused when it already runs healthy
+    with these binaries, else (re)created. Call it holding `locked(name)`."""
+    bin_dir = bin_dir or ensure_binaries()
+    kubectl = find_tool("kubectl")
+    reused = _healthy(name, bin_dir, kubectl)
+    if reused:
+        log(f"reusing running cluster {name!r}")
+    else:
+        _stop_locked(name, bin_dir, kubectl, quiet=True)
+        _create(name, bin_dir, kubectl, timeout)
+    cluster = _cluster(name, bin_dir, kubectl, reused)
+    wait_for(
+        lambda: api_ready(cluster.kubectl),
+        timeout=timeout,
+        what="the apiserver's /readyz",
+        retry_on=TRANSIENT,
+    )
+    return cluster
+
+
+def _create(name: str, bin_dir: Path, kubectl: Path, timeout: float) -> None:
+    workdir = cluster_dir(name)
+    kwok_workdir().mkdir(parents=True, exist_ok=True)
+    config_file = kwok_workdir() / f"{name}.kwokctl.json"
+    config_file.write_text(json.dumps(render_kwokctl_config(bin_dir, kubectl), indent=2) + "\n")
+    log_file = kwok_workdir() / f"{name}.kwokctl.log"
+    log_file.write_text("")
+    log(f"creating cluster {name!r} in {workdir}")
+    proc = _kwokctl(
+        bin_dir, kubectl, "create", "cluster", "--name", name, "--config", str(config_file),
+        "--timeout", f"{int(timeout)}s", timeout=timeout + 30, log_file=log_file,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        detail = _component_log_tail(name)
+        _stop_locked(name, bin_dir, kubectl, quiet=True)
+        raise ClusterError(
+            f"kwokctl create cluster failed ({proc.returncode}):\n{proc.stderr.strip()}\n{detail}"
+        )
+    state = {"bin_dir": str(bin_dir), "kubectl": str(kubectl), "created": time.time()}
+    (workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: bool) -> None:
+    workdir = cluster_dir(name)
+    if workdir.exists() and bin_dir is not None and kubectl is not None:
+        proc = _kwokctl(bin_dir, kubectl, "delete", "cluster", "--name", name, timeout=120)
+        if proc.returncode != 0 and not quiet:
+            log(f"kwokctl delete cluster failed ({proc.returncode}): {proc.stderr.strip()}")
+    # Whatever kwokctl missed (no pid file, kwokctl absent or failing): every process still
+    # running a binary of this cluster. Pid files alone could name a recycled pid.
+    leftovers = processes_under(workdir)
+    if leftovers:
+        log(f"killing leftover processes of cluster {name!r}: {[p.pid for p in leftovers]}")
+        terminate(leftovers)
+    if workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _recorded_tools(name: str) -> tuple[Path | None, Path | None]:
+    """The bin directory and kubectl the cluster was created with (nothing is built)."""
+    state = _load_state(name) or {}
+    bin_dir = Path(state["bin_dir"]) if state.get("bin_dir") else None
+    if bin_dir is not None and not (bin_dir / "kwokctl").is_file():
+        bin_dir = None
+    try:
+        kubectl: Path | None = find_tool("kubectl")
+    except ClusterError:
+        kubectl = Path(state["kubectl"]) if state.get("kubectl") else None
+    return bin_dir, kubectl
+
+
+def stop(name: str = DEFAULT_NAME) -> None:
+    """Stop the cluster, kill every process it started and remove its state."""
+    with locked(name):
+        bin_dir, kubectl = _recorded_tools(name)
+        _stop_locked(name, bin_dir, kubectl, quiet=False)
+        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log"):
+            (kwok_workdir() / leftover).unlink(missing_ok=True)
+    log(f"cluster {name!r} stopped")
+
+
+def connect(name: str = DEFAULT_NAME) -> Cluster:
+    """The running cluster `name`, without starting (or building) anything."""
+    bin_dir, kubectl = _recorded_tools(name)
+    if bin_dir is None or kubectl is None or not _healthy(name, bin_dir, kubectl):
+        raise ClusterError(f"cluster {name!r} is not running")
+    return _cluster(name, bin_dir, kubectl, reused=True)
+
+
+def external(kubeconfig: Path) -> Cluster:
+    """A cluster someone else runs (DENSENET_KUBECONFIG): nothing is started or stopped."""
+    return Cluster(name="external", kubectl=Kubectl(find_tool("kubectl"), kubeconfig), reused=True)

@@ -1,0 +1,57 @@
+"""hack/controlplane.py: finding and ending the processes of a cluster (psutil), no cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import controlplane
+import psutil
+import pytest
+from testsupport import wait_for
+
+# Stands in for a component: kwokctl runs each through a link in <cluster dir>/bin/.
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+@pytest.fixture
+def component(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    (tmp_path / "bin").mkdir()
+    link = tmp_path / "bin" / "python"
+    link.symlink_to(os.path.realpath(sys.executable))
+    process = subprocess.Popen([str(link), "-c", STUBBORN], stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_leftover_components_are_found_by_their_binary_and_killed(
+    tmp_path: Path, component: subprocess.Popen[bytes]
+) -> None:
+    found = controlplane.processes_under(tmp_path)
+    assert [p.pid for p in found] == [component.pid]
+    assert controlplane.pid_running(component.pid)
+    assert controlplane.processes_under(tmp_path / "elsewhere") == []
+    # It ignores SIGTERM: the SIGKILL after the timeout ends it.
+    controlplane.terminate(found, timeout=0.5)
+    assert found[0].returncode == -signal.SIGKILL  # psutil.wait_procs reaped it
+    assert not psutil.pid_exists(component.pid)
+
+
+def test_pid_running_says_no_for_missing_and_zombie_processes() -> None:
+    assert controlplane.pid_running(os.getpid())
+    assert not controlplane.pid_running(None)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, interval=0.05)
+    assert not controlplane.pid_running(child.pid)  # exited, not yet reaped
+    child.wait()
+    assert not controlplane.pid_running(child.pid)
