@@ -64,7 +64,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer"))
+sys.path.insert(0, str(ROOT / "trainer"))  # the bootstrap: this checkout's trainer, venv or not
+sys.path.insert(0, str(ROOT / "operator"))  # densenet_contract, which the trainer imports
 
 SCHEMA = 1
 JPEG_CLASSES = 10
@@ -187,7 +188,7 @@ def unpinned_loaders() -> Iterator[None]:
 
 
 def run_ours(cfg: RunConfig) -> dict[str, Any]:
-    from densenet_trainer.cli import parse_args
+    from densenet_trainer.flags import parse_args
     from densenet_trainer.train import run
 
     recorder = EpochRecorder()
@@ -382,8 +383,8 @@ def profile_one(arch: str, batch: int, size: int, device_name: str, steps: int =
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from densenet_trainer.cli import parse_args
     from densenet_trainer.engine import amp_settings
+    from densenet_trainer.flags import parse_args
     from densenet_trainer.train import build_model, build_optimizer
 
     device = torch.device(device_name)

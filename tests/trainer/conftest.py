@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from densenet_contract import Env
 from densenet_trainer.digits import DigitsSplit, write_digits_imagefolder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,10 @@ def trainer_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("DENSENET_JOB_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
-        and key not in ("KUBECONFIG", "DEVICE_TYPE", "NNODES", "NODE_RANK", "NPROC_PER_NODE")
+        if not key.startswith(
+            ("DENSENET_JOB_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "PET_", "TORCHELASTIC_")
+        )
+        and key != "KUBECONFIG"
     }
     env["CUDA_VISIBLE_DEVICES"] = ""
     env["PYTHONUNBUFFERED"] = "1"
@@ -70,16 +73,14 @@ def run_cli(
     return proc
 
 
-def launch_env(nproc: int, device_type: str = "cpu") -> dict[str, str]:
-    """What the operator puts into a single-pod job's environment (docs/contract.md)."""
+def launch_env(nproc: int) -> dict[str, str]:
+    """torchrun's topology as the operator sets it for a single-pod job (docs/contract.md)."""
     return {
-        "DEVICE_TYPE": device_type,
-        "NNODES": "1",
-        "NODE_RANK": "0",
-        "NPROC_PER_NODE": str(nproc),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": str(nproc),
+        Env.NNODES: "1",
+        Env.NODE_RANK: "0",
+        Env.NPROC_PER_NODE: str(nproc),
+        Env.MASTER_ADDR: "127.0.0.1",
+        Env.MASTER_PORT: str(free_port()),
     }
 
 

@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from densenet_trainer.cli import build_parser, parse_args
+from densenet_contract.recipe import DEFAULTS, Recipe
+from densenet_contract.schema import flag_fields, trainer_flags
+from densenet_trainer.flags import build_parser, parse_args
 
 from .conftest import DENSENET_TRAIN, run_cli
 
@@ -87,7 +89,8 @@ def test_every_flag_is_parsed() -> None:
         ]
     )
     assert args.synthetic and args.data is None
-    assert (args.arch, args.workers, args.epochs, args.batch_size) == ("densenet121", 2, 150, 32)
+    assert (args.arch, args.epochs, args.batch_size) == ("densenet121", 150, 32)
+    assert args.loader_workers == 2
     assert (args.lr, args.momentum, args.weight_decay) == (0.8, 0.8, 5e-5)
     assert args.amp and args.amp_dtype == "fp16"
     assert (args.label_smoothing, args.warmup_epochs, args.lr_schedule) == (0.1, 0.5, "cosine")
@@ -136,7 +139,7 @@ def test_console_script_help_runs() -> None:
 
 def test_importing_the_cli_loads_neither_torch_nor_torch_npu() -> None:
     code = (
-        "import sys, densenet_trainer.cli; "
+        "import sys, densenet_trainer.cli, densenet_trainer.launch, densenet_trainer.flags; "
         "print(sorted(m for m in ('torch', 'torch_npu', 'torchvision', 'kopf') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -147,10 +150,34 @@ def test_importing_the_cli_loads_neither_torch_nor_torch_npu() -> None:
 
 def test_the_trainer_does_not_import_the_operator() -> None:
     code = (
-        "import sys, densenet_trainer.train, densenet_trainer.launch, densenet_trainer.status; "
+        "import sys, densenet_trainer.train, densenet_trainer.launch, densenet_trainer.progress; "
         "print([m for m in sys.modules if m.startswith(('kopf', 'densenet_operator', 'torch_npu'))])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def dests_by_flag() -> dict[str, str]:
+    return {
+        flag: action.dest for action in build_parser()._actions for flag in action.option_strings
+    }
+
+
+def test_every_recipe_flag_of_the_contract_is_a_trainer_flag() -> None:
+    dests = dests_by_flag()
+    missing = [flag for flag in flag_fields(Recipe) if flag not in dests]
+    assert missing == []
+
+
+def test_the_operators_defaults_are_the_trainers_defaults() -> None:
+    """The recipe's defaults as the operator passes them parse to the parser's own defaults."""
+    dests = dests_by_flag()
+    parser = build_parser()
+    passed = parse_args([*trainer_flags(DEFAULTS), "--synthetic"])
+    for flag, field_path in flag_fields(Recipe).items():
+        dest = dests[flag]
+        assert getattr(passed, dest) == parser.get_default(dest), (flag, field_path)
+    assert parser.get_default("seed") is DEFAULTS.seed is None  # --seed N only when set
+    assert parse_args(["--synthetic", *trainer_flags(Recipe(seed=7))]).seed == 7

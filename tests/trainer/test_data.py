@@ -51,8 +51,8 @@ def test_a_corrupt_training_image_is_replaced_and_counted(tmp_path: Path) -> Non
     image, _, failed = dataset[bad[0]]
     assert image is not None and image.shape == (3, 16, 16)
     assert failed == (str(root / "train/cat/bad.jpg"),)
-    # in a loader with a worker process the failure still travels back with the batch
-    loader, _, _ = build_train_loader(root, 16, batch_size=7, workers=1, ctx=CPU, seed=0)
+    # in a loader with a loader-worker process the failure still travels back with the batch
+    loader, _, _ = build_train_loader(root, 16, batch_size=7, loader_workers=1, ctx=CPU, seed=0)
     images, targets, failed_paths = next(iter(loader))
     assert images.shape == (7, 3, 16, 16) and targets.shape == (7,)
     assert failed_paths == [str(root / "train/cat/bad.jpg")]
@@ -60,7 +60,7 @@ def test_a_corrupt_training_image_is_replaced_and_counted(tmp_path: Path) -> Non
 
 def test_a_corrupt_validation_image_is_dropped_and_counted(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path, corrupt=("val/dog/bad.jpg",))
-    loader, dataset = build_val_loader(root, 16, batch_size=4, workers=0, ctx=CPU)
+    loader, dataset = build_val_loader(root, 16, batch_size=4, loader_workers=0, ctx=CPU)
     assert len(dataset) == 7
     batches = list(loader)
     assert sum(images.shape[0] for images, _, _ in batches) == 6  # only real images
@@ -96,7 +96,9 @@ def test_train_loader_gives_every_rank_the_same_number_of_full_batches(tmp_path:
     lengths = set()
     for rank in range(3):
         ctx = DistContext(rank, 3, rank, torch.device("cpu"), "gloo")
-        loader, _, sampler = build_train_loader(root, 8, batch_size=2, workers=0, ctx=ctx, seed=0)
+        loader, _, sampler = build_train_loader(
+            root, 8, batch_size=2, loader_workers=0, ctx=ctx, seed=0
+        )
         sampler.set_epoch(1)
         lengths.add(tuple(images.shape[0] for images, _, _ in loader))
     assert lengths == {(2, 2)}

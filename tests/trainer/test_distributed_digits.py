@@ -1,8 +1,8 @@
 """End to end: digits trained by `densenet-train launch` with 2 gloo processes under torchrun.
 
 One module-scoped fixture runs three jobs the way the operator would: a first run that is cut
-off after two epochs (--max-train-steps), a restart of the same recipe (launch adds --resume
-auto) that continues at epoch 3, and an evaluation of the newest checkpoint.
+off after two epochs (--max-train-steps), a restart of the same recipe (the operator's args
+carry --resume auto) that continues at epoch 3, and an evaluation of the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -73,8 +73,12 @@ def recipe(digits: DigitsSplit, checkpoint_dir: Path) -> list[str]:
         "10",
         "--seed",
         "0",
+        "--device",
+        "cpu",
         "--checkpoint-dir",
         str(checkpoint_dir),
+        "--resume",
+        "auto",
     ]
 
 
@@ -107,9 +111,12 @@ def epoch_lines(log: str) -> list[re.Match[str]]:
     return list(EPOCH_LINE.finditer(log))
 
 
-def test_launch_runs_torchrun_with_resume_auto_and_cpu_device(runs: DigitsRuns) -> None:
-    assert "-m torch.distributed.run --nnodes 1 --node-rank 0 --nproc-per-node 2" in runs.first
-    assert "--resume auto --device cpu" in runs.first
+def test_launch_runs_torchrun_on_the_training_args_with_the_topology_from_the_env(
+    runs: DigitsRuns,
+) -> None:
+    assert "-m torch.distributed.run -m densenet_trainer.train --data" in runs.first
+    assert "--resume auto --max-train-steps" in runs.first  # the args as given
+    assert "PET_NNODES=1 PET_NODE_RANK=0 PET_NPROC_PER_NODE=2" in runs.first
     assert "on 2 x cpu (backend gloo)" in runs.first
 
 

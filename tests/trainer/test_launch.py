@@ -9,73 +9,90 @@ from pathlib import Path
 
 import pytest
 
+from densenet_contract import Env
+from densenet_trainer import launch
 from densenet_trainer.launch import (
     RankTableTimeout,
     build_torchrun_args,
-    device_for,
     main,
     wait_for_rank_table,
 )
 
 from .conftest import DENSENET_TRAIN, launch_env, run_cli
 
+# What the operator sets for pod 1 of a 2-pod Ascend job (docs/contract.md).
 POD_ENV = {
-    "NNODES": "2",
-    "NODE_RANK": "1",
-    "NPROC_PER_NODE": "8",
-    "MASTER_ADDR": "dn-worker-0.dn",
-    "MASTER_PORT": "29500",
-    "DEVICE_TYPE": "ascend",
+    Env.NNODES: "2",
+    Env.NODE_RANK: "1",
+    Env.NPROC_PER_NODE: "8",
+    Env.MASTER_ADDR: "dn-worker-0.dn",
+    Env.MASTER_PORT: "29500",
 }
-RECIPE = ["--arch", "densenet161", "--data", "/data/imagenet", "--epochs", "90"]
+RECIPE = ["--arch", "densenet161", "--data", "/data/imagenet", "--epochs", "90", "--device", "npu"]
 
 
-def test_torchrun_command_comes_from_the_pod_env() -> None:
-    args = build_torchrun_args(POD_ENV, [*RECIPE, "--checkpoint-dir", "/ckpt/dn"])
-    assert args == [
-        "--nnodes",
-        "2",
-        "--node-rank",
-        "1",
-        "--nproc-per-node",
-        "8",
-        "--master-addr",
-        "dn-worker-0.dn",
-        "--master-port",
-        "29500",
-        "-m",
-        "densenet_trainer.train",
+def test_torchrun_runs_the_training_module_with_the_training_args_untouched() -> None:
+    train_args = [*RECIPE, "--checkpoint-dir", "/ckpt/dn", "--resume", "auto", "--amp"]
+    assert build_torchrun_args(train_args) == ["-m", "densenet_trainer.train", *train_args]
+    # nothing is added (no --resume auto, no --device) and nothing is parsed or refused here:
+    # each training process parses its flags itself
+    assert build_torchrun_args(RECIPE) == ["-m", "densenet_trainer.train", *RECIPE]
+    odd = ["--arch", "resnet50", "--epoch=3", "--device-list", "0,1"]
+    assert build_torchrun_args(odd)[2:] == odd
+
+
+class Exec(Exception):
+    """Raised by a stand-in for os.execve: what the launcher would have become."""
+
+    def __init__(self, path: str, argv: list[str], env: dict[str, str]):
+        super().__init__(path)
+        self.path, self.argv, self.env = path, argv, env
+
+
+@pytest.fixture
+def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        raise Exec(path, argv, env)
+
+    monkeypatch.setattr(launch.os, "execve", execve)
+
+
+def test_launch_execs_torchrun_with_the_pod_env_and_its_own_flags_left_out(
+    no_exec: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_wait(*args: object, **kwargs: object) -> None:
+        raise AssertionError("no RANK_TABLE_FILE: nothing to wait for")
+
+    monkeypatch.setattr(launch, "wait_for_rank_table", no_wait)
+    argv = ["--rank-table-timeout", "5", *RECIPE, "--rank-table-poll-interval=1", "--lr", "0.8"]
+    with caplog.at_level(logging.INFO, logger="densenet_trainer.launch"), pytest.raises(Exec) as ex:
+        main(argv, env=POD_ENV)
+    assert ex.value.path == sys.executable
+    assert ex.value.argv == [
+        sys.executable,
+        *("-m", "torch.distributed.run", "-m", "densenet_trainer.train"),
         *RECIPE,
-        "--checkpoint-dir",
-        "/ckpt/dn",
-        "--resume",
-        "auto",
-        "--device",
-        "npu",
+        *("--lr", "0.8"),
     ]
+    assert ex.value.env == POD_ENV  # torchrun reads its topology from PET_*
+    assert "PET_NNODES=2 PET_NODE_RANK=1 PET_NPROC_PER_NODE=8" in caplog.text
 
 
-def test_no_resume_without_a_checkpoint_dir_and_given_flags_win() -> None:
-    args = build_torchrun_args(POD_ENV, RECIPE)
-    assert "--resume" not in args
-    given = [*RECIPE, "--checkpoint-dir", "/c", "--resume", "/c/x.pth", "--device=cpu"]
-    args = build_torchrun_args({**POD_ENV, "DEVICE_TYPE": "cuda"}, given)
-    assert args[args.index("densenet_trainer.train") + 1 :] == given
-
-
-@pytest.mark.parametrize(
-    ("device_type", "device"), [("ascend", "npu"), ("cuda", "cuda"), ("cpu", "cpu")]
-)
-def test_device_type_maps_to_the_trainer_device(device_type: str, device: str) -> None:
-    assert device_for(device_type) == device
-    assert build_torchrun_args({"DEVICE_TYPE": device_type}, RECIPE)[-2:] == ["--device", device]
-
-
-def test_unknown_device_type_and_bad_recipes_are_refused_up_front() -> None:
-    with pytest.raises(ValueError, match="DEVICE_TYPE='tpu'"):
-        build_torchrun_args({"DEVICE_TYPE": "tpu"}, RECIPE)
-    with pytest.raises(SystemExit):
-        build_torchrun_args(POD_ENV, ["--arch", "resnet50", "--synthetic"])
+def test_launch_waits_for_the_rank_table_only_when_rank_table_file_is_set(
+    tmp_path: Path, no_exec: None
+) -> None:
+    table = tmp_path / "hccl.json"
+    write_table(table, "completed")
+    env = {**POD_ENV, Env.RANK_TABLE_FILE: str(table)}
+    with pytest.raises(Exec) as ex:
+        main(["--rank-table-timeout", "0", *RECIPE], env=env)
+    assert ex.value.argv[-len(RECIPE) :] == RECIPE
+    write_table(table, "initializing")
+    assert main(["--rank-table-timeout", "0", *RECIPE], env=env) == 1  # waited, timed out
+    with pytest.raises(Exec):  # the same table, but the job needs none: no waiting
+        main(["--rank-table-timeout", "0", *RECIPE], env=POD_ENV)
+    with pytest.raises(Exec):  # an empty value is no file either
+        main(["--rank-table-timeout", "0", *RECIPE], env={**POD_ENV, Env.RANK_TABLE_FILE: ""})
 
 
 def write_table(path: Path, status: str) -> None:
@@ -133,19 +150,22 @@ def test_a_missing_or_half_written_table_is_waited_for(tmp_path: Path) -> None:
         wait_for_rank_table(str(tmp_path / "absent.json"), 0, 1, sleep=lambda s: None)
 
 
+def test_a_table_that_is_not_required_ends_the_wait(tmp_path: Path) -> None:
+    table = tmp_path / "hccl.json"
+    write_table(table, "not-required")  # what the operator writes for cuda and cpu jobs
+    assert wait_for_rank_table(str(table), 0, 1, sleep=lambda s: None)["status"] == "not-required"
+
+
 def test_launch_fails_clearly_when_the_rank_table_never_completes(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, no_exec: None
 ) -> None:
     table = tmp_path / "hccl.json"
     write_table(table, "initializing")
-    env = {**POD_ENV, "RANK_TABLE_FILE": str(table)}
+    env = {**POD_ENV, Env.RANK_TABLE_FILE: str(table)}
     with caplog.at_level(logging.INFO, logger="densenet_trainer.launch"):
         code = main(["--rank-table-timeout", "0", *RECIPE], env=env)
     assert code == 1
     assert "is not completed after 0 s" in caplog.text
-    del env["RANK_TABLE_FILE"]
-    assert main(RECIPE, env=env) == 2
-    assert "RANK_TABLE_FILE is not set" in caplog.text
 
 
 STEP_LINE = re.compile(r"step: (\d+) epoch: 1 FPS: ([\d.]+) loss: [\d.]+ lr: [\d.]+ data-wait: ")
@@ -174,10 +194,12 @@ def test_launch_runs_a_synthetic_performance_job_on_two_cpu_ranks() -> None:
             "12",
             "--print-freq",
             "4",
+            "--device",
+            "cpu",
         ],
         env=launch_env(2),
     ).stdout
-    assert f"{sys.executable} -m torch.distributed.run" in out
+    assert f"{sys.executable} -m torch.distributed.run -m densenet_trainer.train" in out
     assert "densenet121 on 2 x cpu (backend gloo), mode performance" in out
     steps = [int(m[1]) for m in STEP_LINE.finditer(out)]
     assert steps == [4, 8, 12]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from densenet_trainer.cli import parse_args
+from densenet_trainer.flags import parse_args
 from densenet_trainer.train import (
     build_optimizer,
     channels_last_default,

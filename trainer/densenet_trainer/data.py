@@ -130,16 +130,17 @@ class UnpaddedDistributedSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _loader_kwargs(workers: int, device: torch.device) -> dict[str, object]:
+def _loader_kwargs(loader_workers: int, device: torch.device) -> dict[str, object]:
+    """DataLoader settings; ``loader_workers`` are its processes (0: load in this process)."""
     kwargs: dict[str, object] = {
-        "num_workers": workers,
+        "num_workers": loader_workers,
         # Pinned host memory makes the host-to-device copy asynchronous; it buys nothing on cpu.
         "pin_memory": device.type in ("cuda", "npu"),
-        # Keeping workers across epochs avoids re-forking them (and re-importing) every epoch.
-        "persistent_workers": workers > 0,
+        # Keeping loader workers across epochs avoids re-forking (and re-importing) each epoch.
+        "persistent_workers": loader_workers > 0,
         "collate_fn": collate_skipping_failed,
     }
-    if workers > 0:
+    if loader_workers > 0:
         kwargs["prefetch_factor"] = 4
     return kwargs
 
@@ -148,7 +149,7 @@ def build_train_loader(
     root: str | Path,
     image_size: int,
     batch_size: int,
-    workers: int,
+    loader_workers: int,
     ctx: DistContext,
     seed: int | None,
     min_crop_scale: float = 0.08,
@@ -175,7 +176,7 @@ def build_train_loader(
         # single-sample batch, which BatchNorm cannot train on.
         drop_last=True,
         generator=generator,
-        **_loader_kwargs(workers, ctx.device),  # type: ignore[arg-type]
+        **_loader_kwargs(loader_workers, ctx.device),  # type: ignore[arg-type]
     )
     if len(loader) == 0:
         raise ValueError(
@@ -189,7 +190,7 @@ def build_val_loader(
     root: str | Path,
     image_size: int,
     batch_size: int,
-    workers: int,
+    loader_workers: int,
     ctx: DistContext,
 ) -> tuple[DataLoader[Batch], DecodeTolerantImageFolder]:
     dataset = DecodeTolerantImageFolder(
@@ -201,7 +202,7 @@ def build_val_loader(
         batch_size=batch_size,
         sampler=sampler,
         drop_last=False,
-        **_loader_kwargs(workers, ctx.device),  # type: ignore[arg-type]
+        **_loader_kwargs(loader_workers, ctx.device),  # type: ignore[arg-type]
     )
     return loader, dataset
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-BACKEND_BY_DEVICE_TYPE: dict[str, str] = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+from densenet_contract import BACKEND_BY_TORCH_DEVICE
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class DistContext:
 def backend_for(device_type: str) -> str:
     """The collective backend of a device type: npu -> hccl, cuda -> nccl, cpu -> gloo."""
     try:
-        return BACKEND_BY_DEVICE_TYPE[device_type]
+        return BACKEND_BY_TORCH_DEVICE[device_type]
     except KeyError:
         raise ValueError(
-            f"unknown device type {device_type!r}; expected one of {sorted(BACKEND_BY_DEVICE_TYPE)}"
+            f"unknown device type {device_type!r}; expected one of {sorted(BACKEND_BY_TORCH_DEVICE)}"
         ) from None
 
 

@@ -19,8 +19,8 @@ from densenet_trainer.distributed import DistContext, all_reduce_sum, synchroniz
 
 logger = logging.getLogger("densenet_trainer")
 
-# Steps at the start of each epoch left out of FPS: worker start-up, allocator growth and
-# kernel selection make them slow in a way that says nothing about steady-state speed.
+# Steps at the start of each epoch left out of FPS: loader-worker start-up, allocator growth
+# and kernel selection make them slow in a way that says nothing about steady-state speed.
 FPS_WARMUP_STEPS = 5
 
 
@@ -272,6 +272,125 @@ def to_device(
     return images, targets.to(device, non_blocking=True)
 
 
+class EpochProgress:
+    """The bookkeeping of one training epoch: losses, FPS meters and the interval log lines.
+
+    The FPS of the epoch leaves out its first ``FPS_WARMUP_STEPS`` steps; the interval
+    meter restarts at each log line and at the end of the warm-up. Losses are summed on the
+    device and read (a device sync) only at log time.
+    """
+
+    def __init__(
+        self,
+        ctx: DistContext,
+        epoch: int,
+        steps_in_epoch: int | None,
+        on_log: Callable[[dict[str, float | int]], None] | None,
+    ):
+        self.ctx = ctx
+        self.epoch = epoch
+        self.on_log = on_log
+        self.fps_warmup = FPS_WARMUP_STEPS
+        if steps_in_epoch is not None:
+            self.fps_warmup = min(FPS_WARMUP_STEPS, steps_in_epoch // 2)
+        self.whole_epoch = ThroughputMeter(ctx.world_size)  # the fallback for very short epochs
+        self.measured = ThroughputMeter(ctx.world_size)  # restarted after the warm-up steps
+        self.interval = ThroughputMeter(ctx.world_size)
+        self.interval_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.interval_steps = 0
+        self.epoch_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.last_loss = float("nan")
+        self.steps = 0
+        self.failed: set[str] = set()
+
+    def add(self, loss: torch.Tensor, images: int, data_wait: float, failed: list[str]) -> None:
+        """Count one optimizer step of ``images`` images."""
+        self.steps += 1
+        detached = loss.detach().double()
+        self.interval_loss += detached
+        self.epoch_loss += detached
+        self.interval_steps += 1
+        for meter in (self.measured, self.whole_epoch, self.interval):
+            meter.add(images, data_wait)
+        self.failed.update(failed)
+
+    def step_done(self, global_step: int, lr: float, print_freq: int) -> None:
+        """Log the interval every ``print_freq`` global steps; end the FPS warm-up on time."""
+        if global_step % print_freq == 0:
+            self.log(global_step, lr)
+        if self.steps == self.fps_warmup:
+            # Start measuring here. A log line that fell inside the warm-up (above) showed
+            # that interval's raw rate; the epoch's FPS leaves these steps out.
+            synchronize(self.ctx.device)
+            self.measured = ThroughputMeter(self.ctx.world_size)
+            self.interval = ThroughputMeter(self.ctx.world_size)
+
+    def log(self, global_step: int, lr: float) -> None:
+        self.last_loss = float(self.interval_loss.item()) / self.interval_steps  # syncs
+        metrics: dict[str, float | int] = {
+            "step": global_step,
+            "fps": self.interval.fps(),
+            "dataWaitShare": self.interval.data_wait_share(),
+            "loss": self.last_loss,
+            "lr": lr,
+        }
+        if self.ctx.is_main:
+            logger.info(
+                "step: %d epoch: %d FPS: %.1f loss: %.4f lr: %.6f data-wait: %.1f%%",
+                global_step,
+                self.epoch + 1,
+                metrics["fps"],
+                self.last_loss,
+                lr,
+                100.0 * metrics["dataWaitShare"],
+            )
+        if self.on_log is not None:
+            self.on_log(metrics)
+        self.interval = ThroughputMeter(self.ctx.world_size)
+        self.interval_loss.zero_()
+        self.interval_steps = 0
+
+    def result(self, global_step: int, lr: float, reached_max_steps: bool) -> TrainEpochResult:
+        synchronize(self.ctx.device)
+        mean_loss = float(self.epoch_loss.item()) / self.steps if self.steps else self.last_loss
+        # An epoch that ended within its warm-up has no steady-state measurement; report the
+        # raw rate rather than none.
+        measured = self.measured if self.measured.images else self.whole_epoch
+        return TrainEpochResult(
+            steps=self.steps,
+            global_step=global_step,
+            loss=mean_loss,
+            lr=lr,
+            fps=measured.fps(),
+            data_wait_share=measured.data_wait_share(),
+            images=self.measured.images,
+            reached_max_steps=reached_max_steps,
+            failed_images=self.failed,
+        )
+
+
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    amp: AmpSettings,
+) -> torch.Tensor:
+    """One optimizer step (and one lr schedule step); returns the loss, still on the device."""
+    with amp.autocast():
+        output = model(images)
+        loss = criterion(output, targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    lr_scheduler.step()
+    return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -293,26 +412,13 @@ def train_one_epoch(
     """Train ``model`` for one pass over ``data_loader`` (or until ``max_train_steps``).
 
     ``epoch`` is 0-based; log lines show it 1-based. ``on_log`` receives each logged
-    interval's metrics (the status reporter's feed) and must not block.
+    interval's metrics (the progress reporter's feed) and must not block.
     """
     model.train()
     steps_in_epoch = len(data_loader) if isinstance(data_loader, Sized) else None
-    fps_warmup = FPS_WARMUP_STEPS
-    if steps_in_epoch is not None:
-        fps_warmup = min(FPS_WARMUP_STEPS, steps_in_epoch // 2)
-
-    whole_epoch_meter = ThroughputMeter(ctx.world_size)  # the fallback for very short epochs
-    epoch_meter = ThroughputMeter(ctx.world_size)  # restarted after the warm-up steps
-    interval_meter = ThroughputMeter(ctx.world_size)
-    interval_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    interval_steps = 0
-    epoch_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    failed: set[str] = set()
-    last_loss = float("nan")
-    steps = 0
-    reached_max_steps = False
+    progress = EpochProgress(ctx, epoch, steps_in_epoch, on_log)
     bar = _progress_bar(steps_in_epoch, progress_bar and ctx.is_main, f"epoch {epoch + 1}")
-
+    reached_max_steps = False
     batches = iter(data_loader)
     while not reached_max_steps:
         wait_start = time.perf_counter()
@@ -321,84 +427,14 @@ def train_one_epoch(
         except StopIteration:
             break
         data_wait = time.perf_counter() - wait_start
-        failed.update(failed_paths)
-
         images, targets = to_device(images, targets, ctx.device, channels_last)
-
-        with amp.autocast():
-            output = model(images)
-            loss = criterion(output, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        lr_scheduler.step()
-
-        steps += 1
+        loss = train_step(model, criterion, optimizer, lr_scheduler, scaler, images, targets, amp)
         global_step += 1
-        batch_images = int(images.shape[0])
-        # Accumulate on the device; reading the value (a sync) happens only at log time.
-        detached = loss.detach().double()
-        interval_loss += detached
-        epoch_loss += detached
-        interval_steps += 1
-        epoch_meter.add(batch_images, data_wait)
-        whole_epoch_meter.add(batch_images, data_wait)
-        interval_meter.add(batch_images, data_wait)
+        progress.add(loss, int(images.shape[0]), data_wait, failed_paths)
         if bar is not None:
             bar.update(1)
-
-        if global_step % print_freq == 0:
-            last_loss = float(interval_loss.item()) / interval_steps  # .item() syncs the device
-            lr = optimizer.param_groups[0]["lr"]
-            fps = interval_meter.fps()
-            wait_share = interval_meter.data_wait_share()
-            if ctx.is_main:
-                logger.info(
-                    "step: %d epoch: %d FPS: %.1f loss: %.4f lr: %.6f data-wait: %.1f%%",
-                    global_step,
-                    epoch + 1,
-                    fps,
-                    last_loss,
-                    lr,
-                    100.0 * wait_share,
-                )
-            if on_log is not None:
-                on_log(
-                    {
-                        "step": global_step,
-                        "fps": fps,
-                        "dataWaitShare": wait_share,
-                        "loss": last_loss,
-                        "lr": lr,
-                    }
-                )
-            interval_meter = ThroughputMeter(ctx.world_size)
-            interval_loss.zero_()
-            interval_steps = 0
-        if steps == fps_warmup:
-            # Start measuring here. A log line that fell inside the warm-up (above) showed
-            # that interval's raw rate; the epoch's FPS leaves these steps out.
-            synchronize(ctx.device)
-            epoch_meter = ThroughputMeter(ctx.world_size)
-            interval_meter = ThroughputMeter(ctx.world_size)
+        progress.step_done(global_step, optimizer.param_groups[0]["lr"], print_freq)
         reached_max_steps = max_train_steps is not None and global_step >= max_train_steps
     if bar is not None:
         bar.close()
-
-    synchronize(ctx.device)
-    epoch_mean_loss = float(epoch_loss.item()) / steps if steps else last_loss
-    # An epoch that ended within its warm-up has no steady-state measurement; report the
-    # raw rate rather than none.
-    measured = epoch_meter if epoch_meter.images else whole_epoch_meter
-    return TrainEpochResult(
-        steps=steps,
-        global_step=global_step,
-        loss=epoch_mean_loss,
-        lr=optimizer.param_groups[0]["lr"],
-        fps=measured.fps(),
-        data_wait_share=measured.data_wait_share(),
-        images=epoch_meter.images,
-        reached_max_steps=reached_max_steps,
-        failed_images=failed,
-    )
+    return progress.result(global_step, optimizer.param_groups[0]["lr"], reached_max_steps)

@@ -1,4 +1,9 @@
-"""Training entry point (what torchrun runs on every rank): ``python -m densenet_trainer.train``."""
+"""Training entry point (what torchrun runs on every rank): ``python -m densenet_trainer.train``.
+
+Laid out like torchvision's classification reference: ``main`` builds the run, engine.py's
+``train_one_epoch`` and ``evaluate`` do the work. Everything the epochs advance lives in one
+:class:`TrainingState`, which is also what a checkpoint saves and a resume restores.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import logging
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,6 @@ from densenet_trainer.checkpoint import (
     prune_checkpoints,
     save_atomic,
 )
-from densenet_trainer.cli import parse_args
 from densenet_trainer.data import SyntheticBatches, build_train_loader, build_val_loader
 from densenet_trainer.distributed import (
     DistContext,
@@ -39,6 +43,7 @@ from densenet_trainer.distributed import (
 from densenet_trainer.engine import (
     AmpSettings,
     EvalResult,
+    TrainEpochResult,
     amp_settings,
     build_grad_scaler,
     build_lr_scheduler,
@@ -46,12 +51,16 @@ from densenet_trainer.engine import (
     seek_lr_scheduler,
     train_one_epoch,
 )
-from densenet_trainer.status import NullReporter, Reporter, reporter_from_env
+from densenet_trainer.flags import NOTICES, parse_args
+from densenet_trainer.progress import NullReporter, Reporter, reporter_from_env
 
 logger = logging.getLogger("densenet_trainer")
 
 STATUS_CLOSE_TIMEOUT = 10.0
 SYNTHETIC_NUM_CLASSES = 1000
+# What a checkpoint holds beyond the weights, only to continue training (model_best.pth,
+# meant for evaluation and fine-tuning, leaves it out).
+RESUME_ONLY_KEYS = ("optimizer", "lr_scheduler", "scaler")
 
 
 def configure_logging(rank: int) -> None:
@@ -139,28 +148,7 @@ def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) 
     trains = args.mode != "evaluate"
     evaluates = args.mode in ("evaluate", "train_and_evaluate")
     if args.synthetic:
-        num_classes = args.num_classes or SYNTHETIC_NUM_CLASSES
-        seed = (args.seed or 0) + ctx.rank
-
-        def batches(steps: int, offset: int) -> SyntheticBatches:
-            return SyntheticBatches(
-                args.batch_size,
-                args.image_size,
-                num_classes,
-                steps,
-                ctx.device,
-                channels_last=channels_last,
-                seed=seed + offset,
-            )
-
-        return Data(
-            train_loader=batches(args.synthetic_steps, 0) if trains else None,
-            val_loader=batches(max(1, args.synthetic_steps // 10), 1_000_003)
-            if evaluates
-            else None,
-            num_classes=num_classes,
-        )
-
+        return synthetic_data(args, ctx, channels_last, trains, evaluates)
     data = Data()
     class_lists = []
     if trains:
@@ -168,7 +156,7 @@ def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) 
             args.data,
             args.image_size,
             args.batch_size,
-            args.workers,
+            args.loader_workers,
             ctx,
             args.seed,
             args.min_crop_scale,
@@ -176,7 +164,7 @@ def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) 
         class_lists.append(train_set.classes)
     if evaluates:
         data.val_loader, val_set = build_val_loader(
-            args.data, args.image_size, args.batch_size, args.workers, ctx
+            args.data, args.image_size, args.batch_size, args.loader_workers, ctx
         )
         class_lists.append(val_set.classes)
     if any(classes != class_lists[0] for classes in class_lists):
@@ -190,51 +178,85 @@ def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) 
     return data
 
 
-def find_resume_checkpoint(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | None:
-    if args.resume is None:
-        return None
-    if args.resume == "auto":
-        found = load_latest_checkpoint(args.checkpoint_dir)
-        if found is None:
-            logger.info("no checkpoint in %s yet: starting from scratch", args.checkpoint_dir)
-        return found
-    path = Path(args.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {path}: no such file")
-    return path, load_checkpoint(path)
+def synthetic_data(
+    args: argparse.Namespace, ctx: DistContext, channels_last: bool, trains: bool, evaluates: bool
+) -> Data:
+    num_classes = args.num_classes or SYNTHETIC_NUM_CLASSES
+    seed = (args.seed or 0) + ctx.rank
 
-
-def format_eval(result: EvalResult) -> str:
-    return f"Acc@1: {result.acc1:.3f} Acc@5: {result.acc5:.3f}"
-
-
-def log_failed_images(paths: set[str], when: str) -> None:
-    if paths:
-        shown = ", ".join(sorted(paths)[:10])
-        more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
-        logger.warning(
-            "%s: skipped %d images that failed to decode: %s%s", when, len(paths), shown, more
+    def batches(steps: int, offset: int) -> SyntheticBatches:
+        return SyntheticBatches(
+            args.batch_size,
+            args.image_size,
+            num_classes,
+            steps,
+            ctx.device,
+            channels_last=channels_last,
+            seed=seed + offset,
         )
 
-
-def run(args: argparse.Namespace, reporter: Reporter | None = None) -> int:
-    """Train or evaluate as ``args`` say; ``reporter`` replaces the status reporter from the
-    environment (bench/trainer_bench.py records each epoch's FPS through it)."""
-    ctx = setup_distributed(args.device)
-    configure_logging(ctx.rank)
-    active: Reporter = NullReporter()
-    try:
-        if reporter is not None:
-            active = reporter
-        else:
-            active = reporter_from_env(ctx.is_main, args.status_interval)
-        return _run(args, ctx, active)
-    finally:
-        active.close(STATUS_CLOSE_TIMEOUT)
-        cleanup(ctx)
+    return Data(
+        train_loader=batches(args.synthetic_steps, 0) if trains else None,
+        val_loader=batches(max(1, args.synthetic_steps // 10), 1_000_003) if evaluates else None,
+        num_classes=num_classes,
+    )
 
 
-def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
+@dataclass
+class TrainingState:
+    """What the epochs advance: the model and its optimizer, schedule and grad scaler, the
+    counters, the best accuracy, plus the data and how steps run. A checkpoint is this state
+    (:meth:`checkpoint`); a resume restores it (:meth:`restore`)."""
+
+    model: nn.Module  # what the steps run: DDP-wrapped and/or compiled under torchrun
+    model_without_ddp: nn.Module  # the plain module: evaluation and state_dicts
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    data: Data
+    amp: AmpSettings
+    channels_last: bool
+    steps_per_epoch: int
+    epochs_completed: int = 0  # also the 0-based index of the next epoch
+    global_step: int = 0
+    best_acc1: float | None = None
+
+    def checkpoint(self, args: argparse.Namespace, evaluation: EvalResult | None) -> dict[str, Any]:
+        """The checkpoint of this state; without RESUME_ONLY_KEYS it is model_best.pth."""
+        return {
+            "model": self.model_without_ddp.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epochs_completed - 1,  # index of the last completed epoch
+            "epochs_completed": self.epochs_completed,
+            "step": self.global_step,
+            "best_acc1": self.best_acc1,
+            "acc1": evaluation.acc1 if evaluation else None,
+            "acc5": evaluation.acc5 if evaluation else None,
+            "arch": args.arch,
+            "num_classes": self.data.num_classes,
+            "classes": self.data.classes,
+            "args": plain_args({k: v for k, v in vars(args).items() if k != NOTICES}),
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue where ``checkpoint`` (one with RESUME_ONLY_KEYS) ended."""
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.scaler.is_enabled() and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.epochs_completed = int(checkpoint["epoch"]) + 1
+        self.global_step = self.epochs_completed * self.steps_per_epoch
+        self.best_acc1 = checkpoint.get("best_acc1")
+        # An epoch cut short restarts from its beginning; realigning the schedule to the
+        # epoch boundary also keeps it right if the world size (steps/epoch) changed.
+        seek_lr_scheduler(self.lr_scheduler, self.global_step)
+
+
+def configure(args: argparse.Namespace, ctx: DistContext) -> tuple[AmpSettings, bool]:
+    """Seeds and backend switches; returns the autocast settings and channels_last."""
     if args.seed is not None:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -259,7 +281,13 @@ def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
         args.compile_mode if args.compile else "off",
         args.sgd_impl,
     )
+    return amp, channels_last
 
+
+def build_state(
+    args: argparse.Namespace, ctx: DistContext, amp: AmpSettings, channels_last: bool
+) -> TrainingState:
+    """Data, model (on the device, not yet wrapped), optimizer, lr schedule, grad scaler."""
     data = build_data(args, ctx, channels_last)
     model = build_model(args.arch, data.num_classes)
     if args.pretrained:
@@ -268,8 +296,6 @@ def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
     model.to(ctx.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = build_optimizer(model, args, ctx.device)
     steps_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
     lr_scheduler = build_lr_scheduler(
@@ -281,247 +307,325 @@ def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
         step_size=args.lr_step_size,
         gamma=args.lr_gamma,
     )
-    scaler = build_grad_scaler(amp)
-
-    start_epoch = 0
-    best_acc1: float | None = None
-    if args.mode == "performance":
-        if args.resume:
-            logger.info("performance mode: ignoring --resume (it neither loads nor saves)")
-        resumed = None
-    else:
-        resumed = find_resume_checkpoint(args)
-    if resumed is not None:
-        path, checkpoint = resumed
-        model.load_state_dict(extract_state_dict(checkpoint))
-        if args.mode != "evaluate" and "optimizer" in checkpoint:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            if scaler.is_enabled() and checkpoint.get("scaler"):
-                scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch = int(checkpoint["epoch"]) + 1
-            best_acc1 = checkpoint.get("best_acc1")
-            # An epoch cut short restarts from its beginning; realigning the schedule to the
-            # epoch boundary also keeps it right if the world size (steps/epoch) changed.
-            seek_lr_scheduler(lr_scheduler, start_epoch * steps_per_epoch)
-        if args.mode == "evaluate":
-            logger.info(
-                "loaded %s (epochs completed: %s)", path, checkpoint.get("epochs_completed", "?")
-            )
-        else:
-            logger.info(
-                "resumed from %s: %d epochs completed, continuing at epoch %d",
-                path,
-                start_epoch,
-                start_epoch + 1,
-            )
-    elif args.mode == "evaluate" and not args.pretrained:
-        raise ValueError("--mode evaluate needs a checkpoint (--resume) or --pretrained weights")
-
-    if args.mode == "evaluate":
-        result = evaluate(model, criterion, data.val_loader, ctx, amp, channels_last)
-        failed = gather_union(set(result.failed_images), ctx)
-        logger.info(
-            "evaluate: %s loss: %.4f samples: %d", format_eval(result), result.loss, result.samples
-        )
-        log_failed_images(failed, "evaluate")
-        reporter.update({"acc1": result.acc1, "acc5": result.acc5}, force=True)
-        return 0
-
-    model_without_ddp = model
-    if ctx.distributed:
-        device_ids = [ctx.local_rank] if ctx.device.type in ("cuda", "npu") else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
-    if args.compile:
-        # Compiling the DDP wrapper lets dynamo split the graph at DDP's bucket boundaries,
-        # so gradient all-reduces still overlap the backward pass. Evaluation runs the
-        # unwrapped eager model.
-        model = compile_model(model, args.compile_mode)
-
-    return train(
-        args,
-        ctx,
-        reporter,
+    return TrainingState(
         model=model,
-        model_without_ddp=model_without_ddp,
-        criterion=criterion,
+        model_without_ddp=model,
+        criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
-        scaler=scaler,
+        scaler=build_grad_scaler(amp),
         data=data,
         amp=amp,
         channels_last=channels_last,
-        start_epoch=start_epoch,
-        best_acc1=best_acc1,
         steps_per_epoch=steps_per_epoch,
     )
 
 
-def train(
+def find_resume_checkpoint(args: argparse.Namespace) -> tuple[Path, dict[str, Any]] | None:
+    if args.resume is None:
+        return None
+    if args.resume == "auto":
+        found = load_latest_checkpoint(args.checkpoint_dir)
+        if found is None:
+            logger.info("no checkpoint in %s yet: starting from scratch", args.checkpoint_dir)
+        return found
+    path = Path(args.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such file")
+    return path, load_checkpoint(path)
+
+
+def resume(args: argparse.Namespace, state: TrainingState) -> None:
+    """Load --resume into ``state``: the weights, and to train on, the rest of the state."""
+    if args.mode == "performance":
+        if args.resume:
+            logger.info("performance mode: ignoring --resume (it neither loads nor saves)")
+        return
+    found = find_resume_checkpoint(args)
+    if found is None:
+        if args.mode == "evaluate" and not args.pretrained:
+            raise ValueError(
+                "--mode evaluate needs a checkpoint (--resume) or --pretrained weights"
+            )
+        return
+    path, checkpoint = found
+    state.model_without_ddp.load_state_dict(extract_state_dict(checkpoint))
+    if args.mode == "evaluate":
+        completed = checkpoint.get("epochs_completed", "?")
+        logger.info("loaded %s (epochs completed: %s)", path, completed)
+        return
+    if "optimizer" in checkpoint:
+        state.restore(checkpoint)
+    logger.info(
+        "resumed from %s: %d epochs completed, continuing at epoch %d",
+        path,
+        state.epochs_completed,
+        state.epochs_completed + 1,
+    )
+
+
+def wrap_model(args: argparse.Namespace, ctx: DistContext, state: TrainingState) -> None:
+    """DDP under torchrun, then torch.compile with --compile; state dicts stay unwrapped."""
+    if ctx.distributed:
+        device_ids = [ctx.local_rank] if ctx.device.type in ("cuda", "npu") else None
+        state.model = DistributedDataParallel(state.model_without_ddp, device_ids=device_ids)
+    if args.compile:
+        # Compiling the DDP wrapper lets dynamo split the graph at DDP's bucket boundaries,
+        # so gradient all-reduces still overlap the backward pass. Evaluation runs the
+        # unwrapped eager model.
+        state.model = compile_model(state.model, args.compile_mode)
+
+
+def format_eval(result: EvalResult) -> str:
+    return f"Acc@1: {result.acc1:.3f} Acc@5: {result.acc5:.3f}"
+
+
+def log_failed_images(paths: set[str], when: str) -> None:
+    if paths:
+        shown = ", ".join(sorted(paths)[:10])
+        more = f" and {len(paths) - 10} more" if len(paths) > 10 else ""
+        logger.warning(
+            "%s: skipped %d images that failed to decode: %s%s", when, len(paths), shown, more
+        )
+
+
+def collect_failed_images(
+    seen: set[str], local: Iterable[str], ctx: DistContext, when: str
+) -> None:
+    """Add the images any rank failed to decode to ``seen``, logging the new ones."""
+    new = gather_union(set(local), ctx) - seen
+    seen |= new
+    log_failed_images(new, when)
+
+
+def evaluate_state(ctx: DistContext, state: TrainingState) -> EvalResult:
+    """engine.evaluate on the unwrapped model (ranks may run different numbers of batches)."""
+    return evaluate(
+        state.model_without_ddp,
+        state.criterion,
+        state.data.val_loader,
+        ctx,
+        state.amp,
+        state.channels_last,
+    )
+
+
+def evaluate_only(ctx: DistContext, state: TrainingState, reporter: Reporter) -> int:
+    """--mode evaluate: one pass over val/ with the loaded weights."""
+    result = evaluate_state(ctx, state)
+    failed = gather_union(set(result.failed_images), ctx)
+    logger.info(
+        "evaluate: %s loss: %.4f samples: %d", format_eval(result), result.loss, result.samples
+    )
+    log_failed_images(failed, "evaluate")
+    reporter.update({"acc1": result.acc1, "acc5": result.acc5}, force=True)
+    return 0
+
+
+# ---------------------------------------------------------------- the epochs
+
+
+def train_epoch(
     args: argparse.Namespace,
     ctx: DistContext,
+    state: TrainingState,
     reporter: Reporter,
-    *,
-    model: nn.Module,
-    model_without_ddp: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_scheduler: torch.optim.lr_scheduler.LambdaLR,
-    scaler: torch.amp.GradScaler,
-    data: Data,
-    amp: AmpSettings,
-    channels_last: bool,
-    start_epoch: int,
-    best_acc1: float | None,
-    steps_per_epoch: int,
+    epoch: int,
+) -> TrainEpochResult:
+    """engine.train_one_epoch on ``state``, advancing its step and epoch counters."""
+    if state.data.train_sampler is not None:
+        state.data.train_sampler.set_epoch(epoch)
+
+    def report_interval(metrics: dict[str, float | int]) -> None:
+        reporter.update({**metrics, "epoch": epoch})
+
+    result = train_one_epoch(
+        state.model,
+        state.criterion,
+        state.optimizer,
+        state.lr_scheduler,
+        state.scaler,
+        state.data.train_loader,
+        ctx=ctx,
+        epoch=epoch,
+        global_step=state.global_step,
+        amp=state.amp,
+        channels_last=state.channels_last,
+        print_freq=args.print_freq,
+        max_train_steps=args.max_train_steps,
+        on_log=report_interval,
+        progress_bar=sys.stderr.isatty(),
+    )
+    state.global_step = result.global_step
+    state.epochs_completed = epoch + 1 if result.steps >= state.steps_per_epoch else epoch
+    return result
+
+
+def evaluate_epoch(
+    ctx: DistContext, state: TrainingState, failed_images: set[str], epoch: int
+) -> EvalResult:
+    """Evaluate the model every rank now holds (rank 0's BatchNorm statistics)."""
+    broadcast_buffers(state.model_without_ddp, ctx)
+    evaluation = evaluate_state(ctx, state)
+    collect_failed_images(
+        failed_images, evaluation.failed_images, ctx, f"epoch {epoch + 1} evaluation"
+    )
+    return evaluation
+
+
+def save(
+    args: argparse.Namespace,
+    ctx: DistContext,
+    state: TrainingState,
+    evaluation: EvalResult | None,
+) -> Path | None:
+    """Track the best Acc@1; rank 0 writes the epoch's checkpoint (and model_best.pth when
+    this evaluation is the best so far) into --checkpoint-dir. Returns the checkpoint's path."""
+    is_best = evaluation is not None and (
+        state.best_acc1 is None or evaluation.acc1 > state.best_acc1
+    )
+    if evaluation is not None and is_best:
+        state.best_acc1 = evaluation.acc1
+    if not ctx.is_main or args.mode == "performance" or args.checkpoint_dir is None:
+        return None
+    directory = Path(args.checkpoint_dir)
+    checkpoint = state.checkpoint(args, evaluation)
+    if evaluation is not None and is_best:
+        best = {key: value for key, value in checkpoint.items() if key not in RESUME_ONLY_KEYS}
+        path = save_atomic(best, directory / BEST_MODEL_NAME)
+        logger.info("new best Acc@1 %.3f: saved %s", evaluation.acc1, path)
+    path = save_atomic(
+        checkpoint, directory / checkpoint_name(state.epochs_completed, state.global_step)
+    )
+    prune_checkpoints(directory, args.keep_checkpoints)
+    logger.info("saved checkpoint %s", path)
+    return path
+
+
+def log_epoch(
+    args: argparse.Namespace,
+    state: TrainingState,
+    epoch: int,
+    result: TrainEpochResult,
+    evaluation: EvalResult | None,
+) -> None:
+    parts = [f"epoch: {epoch + 1}"]
+    if evaluation is not None:
+        parts.append(f"{format_eval(evaluation)} best Acc@1: {state.best_acc1:.3f}")
+    parts.append(
+        f"loss: {result.loss:.4f} FPS: {result.fps:.1f} "
+        f"data-wait: {100 * result.data_wait_share:.1f}%"
+    )
+    if result.steps < state.steps_per_epoch:
+        parts.append(f"(stopped at --max-train-steps {args.max_train_steps})")
+    logger.info(" ".join(parts))
+
+
+def epoch_status(
+    state: TrainingState,
+    result: TrainEpochResult,
+    evaluation: EvalResult | None,
+    checkpoint_path: Path | None,
+) -> dict[str, Any]:
+    """status.training at the end of an epoch."""
+    status: dict[str, Any] = {
+        "epoch": state.epochs_completed,
+        "step": state.global_step,
+        "loss": result.loss,
+        "lr": result.lr,
+    }
+    if result.images:
+        status.update(fps=result.fps, dataWaitShare=result.data_wait_share)
+    if evaluation is not None:
+        status.update(acc1=evaluation.acc1, acc5=evaluation.acc5, bestAcc1=state.best_acc1)
+    if checkpoint_path is not None:
+        status["checkpoint"] = str(checkpoint_path)
+    return status
+
+
+def log_summary(
+    args: argparse.Namespace,
+    ctx: DistContext,
+    state: TrainingState,
+    measured: list[TrainEpochResult],
+) -> None:
+    """Mean FPS and data-wait share over the epochs that had a steady-state measurement."""
+    if not measured:
+        return
+    fps = sum(result.fps for result in measured) / len(measured)
+    wait = sum(result.data_wait_share for result in measured) / len(measured)
+    logger.info(
+        "%s: FPS: %.1f data-wait: %.1f%% (%s, world size %d, batch %d per device, %d px, %d steps)",
+        "performance" if args.mode == "performance" else "training done",
+        fps,
+        100 * wait,
+        args.arch,
+        ctx.world_size,
+        args.batch_size,
+        args.image_size,
+        state.global_step,
+    )
+
+
+def train(
+    args: argparse.Namespace, ctx: DistContext, state: TrainingState, reporter: Reporter
 ) -> int:
-    evaluates = args.mode == "train_and_evaluate"
-    saves = args.mode != "performance" and args.checkpoint_dir is not None
-    global_step = start_epoch * steps_per_epoch
+    """Epochs from ``state.epochs_completed`` to --epochs (or to --max-train-steps)."""
     failed_images: set[str] = set()
-    fps_per_epoch: list[tuple[float, float]] = []
-    reporter.update({"totalEpochs": args.epochs, "epoch": start_epoch, "step": global_step})
-
-    for epoch in range(start_epoch, args.epochs):
-        if args.max_train_steps is not None and global_step >= args.max_train_steps:
+    measured: list[TrainEpochResult] = []
+    reporter.update(
+        {"totalEpochs": args.epochs, "epoch": state.epochs_completed, "step": state.global_step}
+    )
+    for epoch in range(state.epochs_completed, args.epochs):
+        if args.max_train_steps is not None and state.global_step >= args.max_train_steps:
             break
-        if data.train_sampler is not None:
-            data.train_sampler.set_epoch(epoch)
-
-        def report_interval(metrics: dict[str, float | int], epochs_done: int = epoch) -> None:
-            reporter.update({**metrics, "epoch": epochs_done})
-
-        result = train_one_epoch(
-            model,
-            criterion,
-            optimizer,
-            lr_scheduler,
-            scaler,
-            data.train_loader,
-            ctx=ctx,
-            epoch=epoch,
-            global_step=global_step,
-            amp=amp,
-            channels_last=channels_last,
-            print_freq=args.print_freq,
-            max_train_steps=args.max_train_steps,
-            on_log=report_interval,
-            progress_bar=sys.stderr.isatty(),
-        )
-        global_step = result.global_step
-        complete = result.steps >= steps_per_epoch
-        epochs_done = epoch + 1 if complete else epoch
+        result = train_epoch(args, ctx, state, reporter, epoch)
         if result.images:
-            fps_per_epoch.append((result.fps, result.data_wait_share))
-        new_failed = gather_union(result.failed_images, ctx) - failed_images
-        failed_images |= new_failed
-        log_failed_images(new_failed, f"epoch {epoch + 1}")
-
-        evaluation: EvalResult | None = None
-        if evaluates:
-            broadcast_buffers(model_without_ddp, ctx)
-            evaluation = evaluate(
-                model_without_ddp, criterion, data.val_loader, ctx, amp, channels_last
-            )
-            new_failed = gather_union(set(evaluation.failed_images), ctx) - failed_images
-            failed_images |= new_failed
-            log_failed_images(new_failed, f"epoch {epoch + 1} evaluation")
-            if best_acc1 is None or evaluation.acc1 > best_acc1:
-                best_acc1 = evaluation.acc1
-                if saves and ctx.is_main:
-                    save_best(args, model_without_ddp, evaluation, epochs_done, data)
-
-        checkpoint_path = None
-        if saves and ctx.is_main:
-            checkpoint_path = save_atomic(
-                {
-                    "model": model_without_ddp.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epochs_done - 1,  # index of the last completed epoch
-                    "epochs_completed": epochs_done,
-                    "step": global_step,
-                    "best_acc1": best_acc1,
-                    "acc1": evaluation.acc1 if evaluation else None,
-                    "acc5": evaluation.acc5 if evaluation else None,
-                    "arch": args.arch,
-                    "num_classes": data.num_classes,
-                    "classes": data.classes,
-                    "args": plain_args(vars(args)),
-                },
-                Path(args.checkpoint_dir) / checkpoint_name(epochs_done, global_step),
-            )
-            prune_checkpoints(args.checkpoint_dir, args.keep_checkpoints)
-            logger.info("saved checkpoint %s", checkpoint_path)
-
-        if ctx.is_main:
-            parts = [f"epoch: {epoch + 1}"]
-            if evaluation is not None:
-                parts.append(f"{format_eval(evaluation)} best Acc@1: {best_acc1:.3f}")
-            parts.append(
-                f"loss: {result.loss:.4f} FPS: {result.fps:.1f} "
-                f"data-wait: {100 * result.data_wait_share:.1f}%"
-            )
-            if not complete:
-                parts.append(f"(stopped at --max-train-steps {args.max_train_steps})")
-            logger.info(" ".join(parts))
-        status: dict[str, Any] = {
-            "epoch": epochs_done,
-            "step": global_step,
-            "loss": result.loss,
-            "lr": result.lr,
-        }
-        if result.images:
-            status.update(fps=result.fps, dataWaitShare=result.data_wait_share)
-        if evaluation is not None:
-            status.update(acc1=evaluation.acc1, acc5=evaluation.acc5, bestAcc1=best_acc1)
-        if checkpoint_path is not None:
-            status["checkpoint"] = str(checkpoint_path)
-        reporter.update(status, force=True)
+            measured.append(result)
+        collect_failed_images(failed_images, result.failed_images, ctx, f"epoch {epoch + 1}")
+        evaluation = None
+        if args.mode == "train_and_evaluate":
+            evaluation = evaluate_epoch(ctx, state, failed_images, epoch)
+        checkpoint_path = save(args, ctx, state, evaluation)
+        log_epoch(args, state, epoch, result, evaluation)
+        reporter.update(epoch_status(state, result, evaluation, checkpoint_path), force=True)
         if result.reached_max_steps:
             break
-
-    if fps_per_epoch and ctx.is_main:
-        fps = sum(f for f, _ in fps_per_epoch) / len(fps_per_epoch)
-        wait = sum(w for _, w in fps_per_epoch) / len(fps_per_epoch)
-        logger.info(
-            "%s: FPS: %.1f data-wait: %.1f%% (%s, world size %d, batch %d per device, %d px, %d steps)",
-            "performance" if args.mode == "performance" else "training done",
-            fps,
-            100 * wait,
-            args.arch,
-            ctx.world_size,
-            args.batch_size,
-            args.image_size,
-            global_step,
-        )
+    log_summary(args, ctx, state, measured)
     log_failed_images(failed_images, "total")
     return 0
 
 
-def save_best(
-    args: argparse.Namespace,
-    model: nn.Module,
-    evaluation: EvalResult,
-    epochs_done: int,
-    data: Data,
-) -> None:
-    path = save_atomic(
-        {
-            "model": model.state_dict(),
-            "epoch": epochs_done - 1,
-            "epochs_completed": epochs_done,
-            "acc1": evaluation.acc1,
-            "acc5": evaluation.acc5,
-            "arch": args.arch,
-            "num_classes": data.num_classes,
-            "classes": data.classes,
-            "args": plain_args(vars(args)),
-        },
-        Path(args.checkpoint_dir) / BEST_MODEL_NAME,
-    )
-    logger.info("new best Acc@1 %.3f: saved %s", evaluation.acc1, path)
+# ---------------------------------------------------------------- entry points
+
+
+def run(args: argparse.Namespace, reporter: Reporter | None = None) -> int:
+    """Train or evaluate as ``args`` say; ``reporter`` replaces the progress reporter from the
+    environment (bench/trainer_bench.py records each epoch's FPS through it)."""
+    ctx = setup_distributed(args.device)
+    configure_logging(ctx.rank)
+    for notice in getattr(args, NOTICES, ()):
+        logger.info("%s", notice)
+    active: Reporter = NullReporter()
+    try:
+        if reporter is not None:
+            active = reporter
+        else:
+            active = reporter_from_env(ctx.is_main, args.status_interval)
+        return _run(args, ctx, active)
+    finally:
+        active.close(STATUS_CLOSE_TIMEOUT)
+        cleanup(ctx)
+
+
+def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
+    amp, channels_last = configure(args, ctx)
+    state = build_state(args, ctx, amp, channels_last)
+    resume(args, state)
+    if args.mode == "evaluate":
+        return evaluate_only(ctx, state, reporter)
+    wrap_model(args, ctx, state)
+    return train(args, ctx, state, reporter)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

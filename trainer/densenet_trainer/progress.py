@@ -4,6 +4,7 @@ Rank 0 merge-patches the DenseNetTraining's status subresource from a background
 the training loop only drops the newest values into a slot and never waits on the API
 server. Patches are throttled to one per ``interval`` seconds, except forced ones (epoch
 ends, the final state). A failed patch is logged and its values are retried with the next.
+The resource, the patch type and the fields with their types come from densenet_contract.
 """
 
 from __future__ import annotations
@@ -17,32 +18,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from densenet_contract import GROUP, MERGE_PATCH, PLURAL, TRAINING_FIELDS, VERSION, Env
+
 logger = logging.getLogger("densenet_trainer")
 
-GROUP = "training.densenet.dev"
-VERSION = "v1alpha1"
-PLURAL = "densenettrainings"
-MERGE_PATCH = "application/merge-patch+json"
-
-# status.training's fields and their JSON types, exactly as in docs/contract.md.
-FIELD_TYPES: dict[str, type] = {
-    "epoch": int,
-    "totalEpochs": int,
-    "step": int,
-    "fps": float,
-    "dataWaitShare": float,
-    "loss": float,
-    "lr": float,
-    "acc1": float,
-    "acc5": float,
-    "bestAcc1": float,
-    "checkpoint": str,
-    "updated": str,
-}
-
-# Digits kept in the status: `kubectl get dnt` shows FPS 3650.2 and ACC@1 75.99, not 17 digits.
-DECIMALS = {"fps": 1, "dataWaitShare": 3, "loss": 4, "acc1": 2, "acc5": 2, "bestAcc1": 2}
-
+# Floats without their own digits in the contract (lr) keep this many significant digits.
+SIGNIFICANT_DIGITS = 4
 # (connect, read) seconds: a slow API server must not hold a patch for long.
 DEFAULT_REQUEST_TIMEOUT = (3.0, 5.0)
 
@@ -55,18 +36,21 @@ def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Keep the contract's fields, coerced to their types; drop NaN/inf (not valid JSON)."""
     cleaned: dict[str, Any] = {}
     for key, value in fields.items():
-        kind = FIELD_TYPES.get(key)
-        if kind is None:
+        field = TRAINING_FIELDS.get(key)
+        if field is None:
             raise KeyError(f"status.training has no field {key!r}")
         if value is None:
             continue
-        if kind is float:
+        if field.type is float:
             value = float(value)
             if not math.isfinite(value):
                 continue
-            value = round(value, DECIMALS[key]) if key in DECIMALS else float(f"{value:.4g}")
+            if field.decimals is not None:
+                value = round(value, field.decimals)
+            else:
+                value = float(f"{value:.{SIGNIFICANT_DIGITS}g}")
         else:
-            value = kind(value)
+            value = field.type(value)
         cleaned[key] = value
     return cleaned
 
@@ -109,7 +93,7 @@ def build_api_client(kubeconfig: str | None = None) -> Any:
     return client.ApiClient(configuration)
 
 
-class StatusReporter:
+class ProgressReporter:
     """Merge-patches ``status.training`` of one DenseNetTraining from a background thread."""
 
     def __init__(
@@ -138,7 +122,7 @@ class StatusReporter:
         self.patches_failed = 0
         self._consecutive_failures = 0
         self._thread = threading.Thread(
-            target=self._run, name="densenet-status-reporter", daemon=True
+            target=self._run, name="densenet-progress-reporter", daemon=True
         )
         self._thread.start()
 
@@ -163,7 +147,7 @@ class StatusReporter:
             self._cond.notify()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            logger.warning("status reporter: gave up flushing after %.1f s", timeout)
+            logger.warning("progress reporter: gave up flushing after %.1f s", timeout)
             return False
         return True
 
@@ -216,7 +200,7 @@ class StatusReporter:
             self._consecutive_failures += 1
             if self._consecutive_failures in (1, 10) or self._consecutive_failures % 100 == 0:
                 logger.warning(
-                    "status reporter: patching %s/%s status failed (%d in a row), will retry: %s",
+                    "progress reporter: patching %s/%s status failed (%d in a row), will retry: %s",
                     self.namespace,
                     self.name,
                     self._consecutive_failures,
@@ -224,7 +208,7 @@ class StatusReporter:
                 )
             return False
         if self._consecutive_failures:
-            logger.info("status reporter: patching works again")
+            logger.info("progress reporter: patching works again")
         self._consecutive_failures = 0
         self.patches_sent += 1
         return True
@@ -244,18 +228,18 @@ def reporter_from_env(
     interval: float,
     env: Mapping[str, str] | None = None,
 ) -> Reporter:
-    """A StatusReporter for rank 0 of a job started by the operator; a NullReporter otherwise.
+    """A ProgressReporter for rank 0 of a job started by the operator; a NullReporter otherwise.
 
     A reporter that cannot be built (no in-cluster config, a broken kubeconfig) is logged and
     replaced by a NullReporter: status reporting never stops training.
     """
     env = os.environ if env is None else env
-    name = env.get("DENSENET_JOB_NAME")
-    namespace = env.get("DENSENET_JOB_NAMESPACE")
+    name = env.get(Env.JOB_NAME)
+    namespace = env.get(Env.JOB_NAMESPACE)
     if not is_main or not name or not namespace:
         return NullReporter()
     try:
-        return StatusReporter(
+        return ProgressReporter(
             name, namespace, kubeconfig=env.get("KUBECONFIG") or None, interval=interval
         )
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The status reporter against an unreachable API server and a recording HTTP server."""
+"""The progress reporter against an unreachable API server and a recording HTTP server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from densenet_trainer.status import (
+from densenet_contract import TRAINING_FIELDS
+from densenet_trainer.progress import (
     NullReporter,
-    StatusReporter,
+    ProgressReporter,
     clean_fields,
     merge_patch_body,
     reporter_from_env,
@@ -37,7 +38,7 @@ def test_patches_are_json_merge_patches_of_status_training(
 ) -> None:
     fake, url = api_server
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
-    reporter = StatusReporter("dn", "team-a", kubeconfig=str(kubeconfig), interval=3600)
+    reporter = ProgressReporter("dn", "team-a", kubeconfig=str(kubeconfig), interval=3600)
     reporter.update({"epoch": 0, "totalEpochs": 90, "step": 10, "loss": 6.9})
     (first,) = fake.wait_for(1)
     # Within the interval, updates only merge into the pending patch ...
@@ -78,7 +79,7 @@ def test_a_failed_patch_is_retried_with_its_values(
     fake, url = api_server
     fake.fail_first = 1
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
-    reporter = StatusReporter("dn", "team-a", kubeconfig=str(kubeconfig), interval=0.05)
+    reporter = ProgressReporter("dn", "team-a", kubeconfig=str(kubeconfig), interval=0.05)
     with caplog.at_level(logging.WARNING, logger="densenet_trainer"):
         reporter.update({"epoch": 2, "step": 200})
         fake.wait_for(1)
@@ -96,7 +97,7 @@ def test_an_unreachable_api_server_never_stops_training(
 ) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1")
     with caplog.at_level(logging.WARNING, logger="densenet_trainer"):
-        reporter = StatusReporter(
+        reporter = ProgressReporter(
             "dn", "team-a", kubeconfig=str(kubeconfig), interval=0.0, request_timeout=(1, 1)
         )
         for step in range(1, 201):  # a training loop's worth of updates, none of them raising
@@ -117,7 +118,7 @@ def test_close_returns_even_while_a_patch_hangs(tmp_path: Path) -> None:
     try:
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
-        reporter = StatusReporter(
+        reporter = ProgressReporter(
             "dn", "team-a", kubeconfig=str(kubeconfig), request_timeout=(5, 5)
         )
         reporter.update({"step": 1}, force=True)
@@ -132,7 +133,7 @@ def test_reporter_only_on_rank_0_of_an_operator_job(tmp_path: Path) -> None:
     assert isinstance(reporter_from_env(False, 10, env=env), NullReporter)
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:1")
     reporter = reporter_from_env(True, 10, env={**env, "KUBECONFIG": str(kubeconfig)})
-    assert isinstance(reporter, StatusReporter)
+    assert isinstance(reporter, ProgressReporter)
     assert (reporter.name, reporter.namespace) == ("dn", "team-a")
     reporter.close(timeout=WAIT_LIMIT)
 
@@ -152,7 +153,18 @@ def test_no_cluster_config_turns_reporting_off(
 
 
 def test_values_are_rounded_for_kubectl_get() -> None:
-    from densenet_trainer.status import clean_fields
+    from densenet_trainer.progress import clean_fields
 
     cleaned = clean_fields({"fps": 3650.2371, "acc1": 75.98765, "lr": 0.00012345678, "epoch": 3.0})
     assert cleaned == {"fps": 3650.2, "acc1": 75.99, "lr": 0.0001235, "epoch": 3}
+
+
+def test_the_fields_their_types_and_digits_are_the_contracts() -> None:
+    value = 1.23456789
+    sent = {name: "x" if field.type is str else value for name, field in TRAINING_FIELDS.items()}
+    cleaned = clean_fields(sent)
+    assert set(cleaned) == set(TRAINING_FIELDS)
+    for name, field in TRAINING_FIELDS.items():
+        assert type(cleaned[name]) is field.type, name
+        if field.decimals is not None:
+            assert cleaned[name] == round(value, field.decimals), name
