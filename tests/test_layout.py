@@ -59,7 +59,6 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a.x": {"a.y"}, "a.y": {"a.x"}}) == ["a.x", "a.y", "a.x"]
 
 
-@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
 def _argparse_table(path: Path, function: str) -> bool:
     """A parser, or flags.py's _add_*_flags: one add_argument after another."""
     if "parser" in function:
@@ -67,6 +66,7 @@ def _argparse_table(path: Path, function: str) -> bool:
     return path.name == "flags.py" and function.startswith("_add_") and function.endswith("_flags")
 
 
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.name)
 def test_no_function_is_longer_than_a_screen(package: Path) -> None:
     long = []
     for path in package.glob("*.py"):
