@@ -26,6 +26,7 @@ from densenet_contract import CRD_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO_ROOT / "crds" / f"{CRD_NAME}.yaml"
+ADMISSION_FILE = REPO_ROOT / "crds" / "densenettrainings-admission.yaml"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -187,9 +188,11 @@ def create_namespace(kubectl: Kubectl, name: str, *, exist_ok: bool = False) -> 
 
 
 def install_crd(kubectl: Kubectl, path: Path = CRD_FILE) -> None:
-    """The DenseNetTraining CRD from crds/, applied server-side (as the chart would), Established."""
+    """The DenseNetTraining CRD from crds/, applied server-side (as the chart would), Established,
+    and the admission policies beside it (crds/densenettrainings-admission.yaml)."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ADMISSION_FILE))
 
 
 def service_account_kubeconfig(

@@ -114,6 +114,7 @@ class TrainingField:
     meaning: str
     decimals: int | None = None  # floats: digits kept (kubectl shows 3650.2, not 17 digits)
     format: str | None = None  # OpenAPI format
+    max_length: int | None = None  # strings: the API server refuses longer ones
 
 
 TRAINING_FIELDS: dict[str, TrainingField] = {
@@ -131,7 +132,9 @@ TRAINING_FIELDS: dict[str, TrainingField] = {
         TrainingField("acc1", float, "Acc@1 (%) of the last evaluation", decimals=2),
         TrainingField("acc5", float, "Acc@5 (%) of the last evaluation", decimals=2),
         TrainingField("bestAcc1", float, "best Acc@1 (%) so far", decimals=2),
-        TrainingField("checkpoint", str, "path of the newest checkpoint"),
-        TrainingField("updated", str, "time of the patch (RFC 3339)", format="date-time"),
+        TrainingField("checkpoint", str, "path of the newest checkpoint", max_length=1024),
+        TrainingField(
+            "updated", str, "time of the patch (RFC 3339)", format="date-time", max_length=64
+        ),
     )
 }

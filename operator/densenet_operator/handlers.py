@@ -10,14 +10,22 @@ from typing import Any, cast
 import kopf
 from kubernetes_asyncio import client, config
 
-from densenet_contract import GROUP, PLURAL, VERSION
-from densenet_operator import naming
+from densenet_contract import GROUP, KIND, PLURAL, VERSION
+from densenet_operator import children, naming
 from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
-from densenet_operator.podrecord import PodRecord
+from densenet_operator.podrecord import PodRecord, job_owner
 from densenet_operator.reconcile import Reconciler
 
 DEFAULT_TRAINER_IMAGE = "densenet-trainer:0.1.0"
+# The children the operator watches for deletion (pods have handlers of their own).
+CHILD_RESOURCES = (
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "configmaps"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
 log = logging.getLogger(__name__)
 
 
@@ -75,22 +83,50 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     await memo.api.close()
 
 
-@kopf.index("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+def _job_of(body: Mapping[str, Any], labels: Mapping[str, str]) -> str | None:
+    """The job a pod belongs to: its controlling DenseNetTraining, else its job label (a pod
+    that only carries the label is seen, so that a name it takes is reported, never adopted)."""
+    owner = job_owner(body)
+    return owner.get("name") if owner else labels.get(naming.LABEL_JOB)
+
+
+def _is_job_pod(body: kopf.Body, labels: kopf.Labels, **_: Any) -> bool:
+    return _job_of(body, labels) is not None
+
+
+@kopf.index("", "v1", "pods", when=_is_job_pod)
 def job_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Any]:
     # kopf fills every index before any other handler runs: after a restart, the operator
     # never mistakes "not listed yet" for "pod gone".
-    return {(namespace or "", labels[naming.LABEL_JOB]): PodRecord.from_pod(body)}
+    return {(namespace or "", _job_of(body, labels) or ""): PodRecord.from_pod(body)}
 
 
-@kopf.on.event("", "v1", "pods", labels={naming.LABEL_JOB: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", when=_is_job_pod)
 async def pod_changed(
-    namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     # async on purpose: kopf runs sync handlers in threads, and an asyncio.Event set from a
     # thread never wakes the job's task.
-    memo.job_tasks.poke((namespace or "", labels[naming.LABEL_JOB]))
+    memo.job_tasks.poke((namespace or "", _job_of(body, labels) or ""))
+
+
+async def child_changed(
+    event: kopf.RawEvent, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """A child deleted (by a user, or a garbage collector) is made again within seconds."""
+    owner = children.controller(body)
+    if event.get("type") != "DELETED" or owner is None or owner.get("kind") != KIND:
+        return
+    memo.reconciler.ensured.discard(owner.get("uid"))
+    memo.job_tasks.poke((namespace or "", owner.get("name", "")))
+
+
+MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGER}
+for _group, _version, _plural in CHILD_RESOURCES:
+    # async on purpose, as pod_changed; one handler, registered for each kind.
+    kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child-{_plural}")(child_changed)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -9,8 +9,8 @@ count kept), and unit tests can drive every transition.
 A pass is a pipeline of named steps over one `Draft` (the status being written and the plan
 being built); a step that settles the pass returns True and the later steps do not run:
 
-    finished -> suspended -> deadline -> failures -> succeeded -> converge_gang
-             -> running_phase -> rank_table
+    cross_check -> finished -> suspended -> deadline -> failures -> succeeded
+                -> converge_gang -> running_phase -> rank_table
 
 Gangs: pods carry the restart count they were created under (label `gang`). A restart first
 raises status.restarts, then deletes every pod; pods of an older gang are never counted and
@@ -167,7 +167,16 @@ class Draft:
 
     @property
     def live(self) -> list[PodRecord]:
-        return [p for p in self.pods if not p.terminating]
+        """This job's own pods that are not being deleted (pods are matched by owner UID)."""
+        return [p for p in self.pods if not p.terminating and p.owner_uid == self.job.ref.uid]
+
+    @property
+    def leftovers(self) -> list[PodRecord]:
+        """Pods of a deleted job of the same name (the garbage collector lags): deleted."""
+        return [
+            p for p in self.pods
+            if not p.terminating and p.owner_uid not in (None, self.job.ref.uid)
+        ]  # fmt: skip
 
     @property
     def current(self) -> list[PodRecord]:
@@ -231,6 +240,36 @@ def _pods_to_clean(pods: Sequence[PodRecord], policy: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- the steps
+
+
+def cross_check(draft: Draft) -> bool:
+    """A status the job's own pods contradict was not written by the operator: corrected.
+
+    The gang number must be that of the newest pods the job owns (or one more, mid-restart);
+    a finished phase needs its completion time, and Succeeded no pod of the gang still running.
+    """
+    corrections = []
+    gangs = [p.gang for p in draft.pods if p.owner_uid == draft.job.ref.uid and p.gang is not None]
+    if gangs and not max(gangs) <= draft.restarts <= max(gangs) + 1:
+        corrections.append(f"restarts {draft.restarts} -> {max(gangs)} (the pods' gang)")
+        draft.restarts = max(gangs)
+        draft.status["restarts"] = draft.restarts
+    if draft.phase in FINISHED and _finish_contradicted(draft):
+        corrections.append(f"phase {draft.phase} -> {PENDING} (the pods still run)")
+        draft.phase = PENDING
+        draft.status.update(phase=PENDING)
+        draft.status.pop("completionTime", None)
+    if corrections:
+        draft.plan.events.append(Event("Warning", "StatusCorrected", "status written by someone "
+                                       f"else, contradicted by the pods: {'; '.join(corrections)}"))  # fmt: skip
+    return False
+
+
+def _finish_contradicted(draft: Draft) -> bool:
+    if not draft.status.get("completionTime"):
+        return True
+    still_running = any(p.phase in (PENDING, RUNNING) for p in draft.current)
+    return draft.phase == SUCCEEDED and still_running
 
 
 def finished(draft: Draft) -> bool:
@@ -344,7 +383,11 @@ def converge_gang(draft: Draft) -> bool:
     """Old gangs' pods out, the current gang's missing pods in."""
     spec, plan, job_name = draft.job.spec, draft.plan, draft.job.ref.name
     plan.delete = [p.name for p in draft.live if p.gang != draft.restarts]
-    taken, by_index = {p.name for p in draft.pods}, draft.by_index
+    plan.delete += [p.name for p in draft.leftovers]
+    # A name held by a pod no job owns is not skipped: creating it fails, and the reconciler
+    # reports whose it is (ChildConflict). Never adopted.
+    ours = [p for p in draft.pods if p.owner_uid is not None]
+    taken, by_index = {p.name for p in ours}, draft.by_index
     plan.create = [
         index
         for index in range(spec.replicas)
@@ -435,6 +478,7 @@ def rank_table(draft: Draft) -> bool:
 
 Step = Callable[[Draft], bool]
 STEPS: tuple[Step, ...] = (
+    cross_check,
     finished,
     suspended,
     deadline,

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from densenet_contract import TRAINER_CONTAINER
+from densenet_contract import API_VERSION, KIND, TRAINER_CONTAINER
 from densenet_operator import naming
 
 PENDING = "Pending"
@@ -43,12 +43,23 @@ def _unschedulable(status: Mapping[str, Any]) -> str | None:
     )
 
 
+def job_owner(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The DenseNetTraining that controls `pod`, as its owner reference says."""
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or ()
+    return next(
+        (r for r in refs if r.get("controller") and r.get("kind") == KIND
+         and r.get("apiVersion") == API_VERSION),
+        None,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class PodRecord:
     """A worker pod of a job as the operator sees it."""
 
     name: str
     uid: str | None
+    owner_uid: str | None  # the controlling DenseNetTraining's UID; None: no job owns it
     index: int | None  # replica index label
     gang: int | None  # the restart count the pod was created under
     phase: str
@@ -67,9 +78,11 @@ class PodRecord:
         status = pod.get("status") or {}
         labels = metadata.get("labels") or {}
         terminated = _terminated(status)
+        owner = job_owner(pod)
         return cls(
             name=metadata.get("name", "?"),
             uid=metadata.get("uid"),
+            owner_uid=owner.get("uid") if owner else None,
             index=_int_label(labels, naming.LABEL_REPLICA_INDEX),
             gang=_int_label(labels, naming.LABEL_GANG),
             phase=status.get("phase") or PENDING,

@@ -19,12 +19,27 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, RANK_TABLE_KEY, VERSION
-from densenet_operator import lifecycle, naming, podgroup, pods, ranktable, rbac, service
+from densenet_operator import children, lifecycle, naming, podgroup, pods, ranktable, rbac, service
+from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import Job, SpecError, parse_job
-from densenet_operator.status import FAILED, format_time, now_utc
+from densenet_operator.status import FAILED, format_time, now_utc, set_condition
 
 log = logging.getLogger(__name__)
+CHILD_CONFLICT = "ChildConflict"
+CONFLICT_RETRY_SECONDS = 15.0  # a name taken by someone else: look again this often
+REPLACED_RETRY_SECONDS = 1.0  # a deleted job's child was deleted: make ours soon
+# Child kind -> (kubernetes client API, the noun of its `<verb>_namespaced_<noun>` methods);
+# each is created, read (an existing one's owner) and deleted (a deleted job's).
+CHILD_APIS = {
+    "Pod": ("core", "pod"),
+    "Service": ("core", "service"),
+    "ServiceAccount": ("core", "service_account"),
+    "ConfigMap": ("core", "config_map"),
+    "Role": ("rbac", "role"),
+    "RoleBinding": ("rbac", "role_binding"),
+}
+CHILD_VERBS = ("create", "read", "delete")
 EventSink = Callable[[Mapping[str, Any], lifecycle.Event], None]
 
 
@@ -44,9 +59,10 @@ class Reconciler:
     api: client.ApiClient
     default_image: str
     record: EventSink
-    # Per job uid: children known to exist, and the rank table last written.
+    # Per job uid: children known to exist, the rank table and the status last written.
     ensured: set[str] = field(default_factory=set)
     tables: dict[str, str] = field(default_factory=dict)
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: int = 0
 
     def __post_init__(self) -> None:
@@ -75,48 +91,63 @@ class Reconciler:
             raise ApiException(status=response.status, reason=f"{response.reason}: {body[:500]!r}")
         return json.loads(body) if body else None
 
+    def _child_api(self, kind: str) -> tuple[Callable[..., Any], ...]:
+        """(create(ns, body), read(name, ns), delete(name, ns)) of a child kind."""
+        if kind == "PodGroup":
+            where = (podgroup.GROUP, podgroup.VERSION)
+            custom = self.custom
+            return (
+                lambda ns, body, **kw: custom.create_namespaced_custom_object(
+                    *where, ns, podgroup.PLURAL, body, **kw),
+                lambda name, ns, **kw: custom.get_namespaced_custom_object(
+                    *where, ns, podgroup.PLURAL, name, **kw),
+                lambda name, ns, **kw: custom.delete_namespaced_custom_object(
+                    *where, ns, podgroup.PLURAL, name, **kw),
+            )  # fmt: skip
+        api_name, noun = CHILD_APIS[kind]
+        api = self.core if api_name == "core" else self.rbac
+        return tuple(getattr(api, f"{verb}_namespaced_{noun}") for verb in CHILD_VERBS)
+
+    async def ensure(self, job: Job, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`body` created, or the existing object of that name when it is this job's own.
+        Raises ChildReplaced (a deleted job's object, now deleted) or ChildConflict."""
+        create, read, delete = self._child_api(kind)
+        ns, name = job.ref.namespace, body["metadata"]["name"]
+        created = await self._call(create, ns, body, ok=(409,))
+        if created is not None:
+            return dict(created)
+        existing = await self._call(read, name, ns, ok=(404,))
+        if existing is None:
+            raise ChildReplaced(f"{kind} {name} was deleted while being created")
+        owner = children.ownership(existing, job.ref)
+        if owner == children.OURS:
+            return dict(existing)
+        if owner == children.OLD_JOB:
+            uid = existing["metadata"]["uid"]
+            await self._call(delete, name, ns, body={"preconditions": {"uid": uid}}, ok=(404, 409))
+            raise ChildReplaced(f"{kind} {name} belonged to a deleted job of the same name")
+        raise ChildConflict(kind, name, children.describe_owner(existing))
+
     async def ensure_children(self, job: Job) -> None:
-        """Service, ServiceAccount, Role, RoleBinding and rank-table ConfigMap, once per job."""
+        """Service, ServiceAccount, Role, RoleBinding and rank-table ConfigMap, each this
+        job's own; checked once per job, and again after any child is deleted or a pass fails."""
         if job.ref.uid in self.ensured:
             return
-        ns = job.ref.namespace
+        ref = job.ref
         await asyncio.gather(
-            self._call(
-                self.core.create_namespaced_service, ns, service.build_service(job.ref), ok=(409,)
-            ),
-            self._call(
-                self.core.create_namespaced_service_account,
-                ns,
-                rbac.build_service_account(job.ref),
-                ok=(409,),
-            ),
-            self._call(self.rbac.create_namespaced_role, ns, rbac.build_role(job.ref), ok=(409,)),
+            self.ensure(job, "Service", service.build_service(ref)),
+            self.ensure(job, "ServiceAccount", rbac.build_service_account(ref)),
+            self.ensure(job, "Role", rbac.build_role(ref)),
         )
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
-        await self._call(
-            self.rbac.create_namespaced_role_binding,
-            ns,
-            rbac.build_role_binding(job.ref),
-            ok=(409,),
-        )
+        await self.ensure(job, "RoleBinding", rbac.build_role_binding(ref))
         if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:
             await self._ensure_pod_group(job)
-        content = ranktable.initial_content(job.spec)
-        created = await self._call(
-            self.core.create_namespaced_config_map,
-            ns,
-            ranktable.build_configmap(job.ref, content),
-            ok=(409,),
+        configmap = await self.ensure(
+            job, "ConfigMap", ranktable.build_configmap(ref, ranktable.initial_content(job.spec))
         )
-        if created is None:  # it existed: an earlier instance of the operator made it
-            existing = await self._call(
-                self.core.read_namespaced_config_map,
-                naming.rank_table_configmap_name(job.ref.name),
-                ns,
-            )
-            content = (existing.get("data") or {}).get(RANK_TABLE_KEY, "")
-        self.tables[job.ref.uid] = content
-        self.ensured.add(job.ref.uid)
+        self.tables[ref.uid] = (configmap.get("data") or {}).get(RANK_TABLE_KEY, "")
+        self.ensured.add(ref.uid)
 
     async def _refuse(self, body: Mapping[str, Any], error: SpecError) -> Any:
         """A spec the schema let through but the operator cannot run: Failed, once."""
@@ -136,11 +167,7 @@ class Reconciler:
 
     async def _ensure_pod_group(self, job: Job) -> None:
         try:
-            await self._call(
-                self.custom.create_namespaced_custom_object,
-                podgroup.GROUP, podgroup.VERSION, job.ref.namespace, podgroup.PLURAL,
-                podgroup.build_pod_group(job), ok=(409,),
-            )  # fmt: skip
+            await self.ensure(job, "PodGroup", podgroup.build_pod_group(job))
         except ApiException as error:
             if error.status == 404:
                 raise RuntimeError(
@@ -152,6 +179,24 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         self.ensured.discard(uid)
         self.tables.pop(uid, None)
+        self.written.pop(uid, None)
+
+    def _believed_status(self, job: Job, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The status to plan from: what this operator last wrote, when someone else has since
+        changed its fields (the trainer's `training` block is the trainer's to write)."""
+        status = dict(body.get("status") or {})
+        written = self.written.get(job.ref.uid)
+        if written is None:
+            return status
+        changed = sorted(
+            key for key in set(written) | set(status)
+            if key != "training" and written.get(key) != status.get(key)
+        )  # fmt: skip
+        if not changed:
+            return status
+        self.record(body, lifecycle.Event("Warning", "StatusCorrected", "status fields written "
+                                          f"by someone else were restored: {', '.join(changed)}"))  # fmt: skip
+        return {**written, **({"training": status["training"]} if "training" in status else {})}
 
     async def reconcile(
         self, body: Mapping[str, Any], pod_records: Iterable[PodRecord]
@@ -163,18 +208,71 @@ class Reconciler:
         try:
             job = parse_job(dict(body), default_image=self.default_image)
         except SpecError as error:
+            self.written.pop((body.get("metadata") or {}).get("uid", ""), None)
             return await self._refuse(body, error), None
+        try:
+            return await self._pass(job, body, list(pod_records))
+        except ChildConflict as conflict:
+            self.ensured.discard(job.ref.uid)
+            self.written.pop(job.ref.uid, None)  # this write is not a plan's: trust what is stored
+            return await self._report_conflict(body, conflict), CONFLICT_RETRY_SECONDS
+        except ChildReplaced as replaced:
+            log.info("%s/%s: %s", job.ref.namespace, job.ref.name, replaced)
+            self.ensured.discard(job.ref.uid)
+            return None, REPLACED_RETRY_SECONDS
+        except Exception:
+            # A child may have gone (404) or changed: check every child again next pass.
+            self.ensured.discard(job.ref.uid)
+            raise
+
+    async def _clear_conflict(self, job: Job, body: Mapping[str, Any]) -> Any:
+        """Every child is this job's again (the pass carried out): the condition turns False."""
+        conditions = (body.get("status") or {}).get("conditions") or ()
+        if not any(
+            c.get("type") == CHILD_CONFLICT and c.get("status") == "True" for c in conditions
+        ):
+            return None
+        conditions = set_condition(conditions, CHILD_CONFLICT, False, "Resolved",
+                                   "every child is this job's own", now_utc())  # fmt: skip
+        self.written.pop(job.ref.uid, None)
+        return await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, job.ref.namespace, PLURAL, job.ref.name,
+            {"status": {"conditions": conditions}}, _content_type=MERGE_PATCH,
+        )  # fmt: skip
+
+    async def _report_conflict(self, body: Mapping[str, Any], conflict: ChildConflict) -> Any:
+        status = body.get("status") or {}
+        message = str(conflict)
+        if status.get("reason") == "ChildConflict" and status.get("message") == message:
+            return None
+        self.record(body, lifecycle.Event("Warning", "ChildConflict", message))
+        conditions = set_condition(
+            status.get("conditions") or (), CHILD_CONFLICT, True, "NameTaken", message, now_utc()
+        )
+        patch = {"reason": "ChildConflict", "message": message, "conditions": conditions}
+        meta = body["metadata"]
+        return await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch},
+            _content_type=MERGE_PATCH,
+        )  # fmt: skip
+
+    async def _pass(
+        self, job: Job, body: Mapping[str, Any], records: list[PodRecord]
+    ) -> tuple[dict[str, Any] | None, float | None]:
         await self.ensure_children(job)
-        records = list(pod_records)
         old_status = dict(body.get("status") or {})
-        plan = lifecycle.plan(job, old_status, records, now_utc(), self.tables.get(job.ref.uid))
+        believed = self._believed_status(job, body)
+        plan = lifecycle.plan(job, believed, records, now_utc(), self.tables.get(job.ref.uid))
         log.debug(
             "%s/%s: %d pod(s) seen; phase %s; create %s; delete %s; table %s",
             job.ref.namespace, job.ref.name, len(records), plan.status.get("phase"), plan.create,
             plan.delete,
             "unchanged" if plan.rank_table is None else ranktable.table_status(plan.rank_table),
         )  # fmt: skip
-        patched = await self._carry_out(job, old_status, plan)
+        patched = await self._carry_out(job, old_status, plan, records)
+        patched = await self._clear_conflict(job, patched or body) or patched
         for event in plan.events:
             self.record(body, event)
         if plan.delete_job:
@@ -187,7 +285,11 @@ class Reconciler:
         return patched, plan.requeue_after
 
     async def _carry_out(
-        self, job: Job, old_status: Mapping[str, Any], plan: lifecycle.Plan
+        self,
+        job: Job,
+        old_status: Mapping[str, Any],
+        plan: lifecycle.Plan,
+        records: list[PodRecord],
     ) -> dict[str, Any] | None:
         """Status first, then the rank table, then pod deletes and creates."""
         ns, name = job.ref.namespace, job.ref.name
@@ -198,6 +300,7 @@ class Reconciler:
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, ns, PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH,
             )  # fmt: skip
+        self.written[job.ref.uid] = {k: v for k, v in plan.status.items() if k != "training"}
         if plan.rank_table is not None:
             await self._call(
                 self.core.patch_namespaced_config_map,
@@ -206,11 +309,13 @@ class Reconciler:
             )  # fmt: skip
             self.tables[job.ref.uid] = plan.rank_table
         gang = int(plan.status.get("restarts") or 0)
+        # Deleted by UID: a name may meanwhile belong to another pod, which is never ours to end.
+        uids = {r.name: r.uid for r in records}
         await asyncio.gather(
-            *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404,))
+            *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404, 409),
+                         body={"preconditions": {"uid": uids.get(pod)}})
               for pod in plan.delete),
-            *(self._call(self.core.create_namespaced_pod, ns,
-                         pods.build_pod(job, index, gang=gang), ok=(409,))
+            *(self.ensure(job, "Pod", pods.build_pod(job, index, gang=gang))
               for index in plan.create),
         )  # fmt: skip
         return patched

@@ -47,6 +47,7 @@ def make_pod(
     exit_code: int | None = None,
     reason: str | None = None,
     terminating: bool = False,
+    owner_uid: str | None = JOB.uid,
 ) -> dict[str, Any]:
     annotations = {}
     if annotation == "auto":
@@ -77,6 +78,8 @@ def make_pod(
         },
         "annotations": annotations,
     }
+    if owner_uid is not None:
+        metadata["ownerReferences"] = [{**naming.owner_reference(JOB), "uid": owner_uid}]
     if terminating:
         metadata["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {"metadata": metadata, "spec": {"nodeName": f"node-{index}"}, "status": status}

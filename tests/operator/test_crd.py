@@ -15,10 +15,15 @@ from densenet_operator.spec import TrainingSpec, parse_spec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("target", crd.TARGETS, ids=str)
-def test_the_crd_files_are_generated_from_the_model(target):
+@pytest.mark.parametrize(
+    ("target", "render"),
+    [(t, crd.render) for t in crd.TARGETS]
+    + [(t, crd.render_admission) for t in crd.ADMISSION_TARGETS],
+    ids=str,
+)
+def test_the_crd_files_are_generated_from_the_model(target, render):
     written = (ROOT / target).read_text(encoding="utf-8")
-    assert written == crd.render(), "run `python -m densenet_operator.crd --write`"
+    assert written == render(), "run `python -m densenet_operator.crd --write`"
 
 
 def _schema_defaults(schema):

@@ -18,7 +18,7 @@ def draft(job=None, status=None, pods=(), table=lifecycle.INITIALIZING_TABLE):
 
 def test_the_pipeline_runs_its_steps_in_order():
     assert [s.__name__ for s in lifecycle.STEPS] == [
-        "finished", "suspended", "deadline", "failures", "succeeded", "converge_gang",
+        "cross_check", "finished", "suspended", "deadline", "failures", "succeeded", "converge_gang",
         "running_phase", "rank_table",
     ]  # fmt: skip
 
@@ -87,3 +87,35 @@ def test_rank_table_names_what_it_waits_for():
         "dn161-worker-0: has no ascend-910-configuration annotation from the device plugin yet"
     ]
     assert d.plan.rank_table is None  # the ConfigMap already says initializing
+
+
+def test_cross_check_believes_the_pods_not_a_forged_restart_count():
+    for forged in (0, 1000):
+        d = draft(status={"phase": "Running", "restarts": forged}, pods=[make_pod(0, gang=3)])
+        lifecycle.cross_check(d)
+        assert d.restarts == 3 and d.status["restarts"] == 3
+        assert [e.reason for e in d.plan.events] == ["StatusCorrected"]
+    mid_restart = draft(status={"restarts": 4}, pods=[make_pod(0, gang=3, terminating=True)])
+    lifecycle.cross_check(mid_restart)
+    assert mid_restart.restarts == 4 and not mid_restart.plan.events
+
+
+def test_cross_check_undoes_a_finish_the_pods_contradict():
+    forged = draft(status={"phase": "Succeeded"}, pods=[make_pod(0)])  # no completionTime
+    lifecycle.cross_check(forged)
+    assert forged.phase == "Pending"
+    running = draft(status={"phase": "Succeeded", "completionTime": "2026-11-22T11:00:00Z"},
+                    pods=[make_pod(0)])  # fmt: skip
+    lifecycle.cross_check(running)
+    assert running.phase == "Pending"
+    done = draft(status={"phase": "Succeeded", "completionTime": "2026-11-22T11:00:00Z"},
+                 pods=[make_pod(0, phase="Succeeded")])  # fmt: skip
+    lifecycle.cross_check(done)
+    assert done.phase == "Succeeded" and not done.plan.events
+
+
+def test_a_forged_success_does_not_delete_running_pods():
+    plan = lifecycle.plan(
+        make_job(), {"phase": "Succeeded"}, [PodRecord.from_pod(make_pod(0))], NOW
+    )
+    assert plan.delete == [] and plan.status["phase"] == "Running"

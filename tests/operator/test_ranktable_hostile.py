@@ -49,7 +49,9 @@ def test_leading_zeros_are_normalised_in_the_table():
     assert [d["device_id"] for d in table["server_list"][0]["device"]] == ["0", "1"]
 
 
-@pytest.mark.parametrize("ip", ["fe80::1%eth0", "192.168.1.256", "\uff11\uff19\uff12.168.1.1", "", "x" * 300])
+@pytest.mark.parametrize(
+    "ip", ["fe80::1%eth0", "192.168.1.256", "\uff11\uff19\uff12.168.1.1", "", "x" * 300]
+)
 def test_device_ips_are_plain_ip_literals(ip):
     devices = [{"device_id": "0", "device_ip": ip}, {"device_id": "1", "device_ip": "10.0.0.1"}]
     with pytest.raises(ranktable.RankTableIncomplete, match="invalid IP") as error:
