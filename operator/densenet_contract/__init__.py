@@ -82,6 +82,8 @@ class Env:
     MASTER_PORT = "PET_MASTER_PORT"
     RANK_TABLE_FILE = "RANK_TABLE_FILE"  # Ascend jobs only: the launcher waits for it
     HCCL_IF_IP = "HCCL_IF_IP"  # Ascend jobs only: the pod IP (downward API)
+    HCCL_LOGIC_SUPERPOD_ID = "HCCL_LOGIC_SUPERPOD_ID"  # Ascend: the replica's logical super pod
+    ASCEND_VISIBLE_DEVICES = "ASCEND_VISIBLE_DEVICES"  # Ascend under Volcano: its chips
 
 
 # Fixed HCCL settings of Ascend jobs: no IP allow-list inside the job; torch_npu warns below
@@ -101,6 +103,10 @@ ENV_MEANINGS: dict[str, str] = {
     Env.RANK_TABLE_FILE: f"ascend only: `{RANK_TABLE_FILE}` (ConfigMap `rings-config-<job>`, "
     f"key `{RANK_TABLE_KEY}`); the launcher waits until its status is `completed`",
     Env.HCCL_IF_IP: "ascend only: the pod IP (downward API)",
+    Env.HCCL_LOGIC_SUPERPOD_ID: "ascend only: the replica's logical super pod on A3 super pods "
+    "(replicas fill blocks of `device.ascend.superPodBlock` NPUs), else `0`",
+    Env.ASCEND_VISIBLE_DEVICES: "ascend under Volcano: the pod annotation `huawei.com/Ascend910` "
+    "(downward API), where the device plugin finds the pod's chips",
     **{name: f"ascend only: `{value}`" for name, value in HCCL_ENV.items()},
 }
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from densenet_operator import ranktable
+from densenet_operator import deviceconfig, hccl, naming, ranktable
 from densenet_operator.podrecord import PodRecord, newest_gang
 
 
@@ -32,7 +32,8 @@ def rank_table_command(args: argparse.Namespace) -> int:
         print("error: no pods in the input", file=sys.stderr)
         return 2
     devices = args.devices_per_replica or next(
-        (count for pod in pods if (count := ranktable.device_count(pod)) is not None), None
+        (n for pod in pods if (n := deviceconfig.device_count(pod.device_config)) is not None),
+        None,
     )
     if devices is None:
         print(
@@ -42,8 +43,9 @@ def rank_table_command(args: argparse.Namespace) -> int:
         )
         return 1
     try:
+        layout = ranktable.Layout(args.format, args.job_name, args.super_pod_block)
         table = ranktable.build_rank_table(
-            pods, replicas=args.replicas or len(pods), devices_per_replica=devices, fmt=args.format
+            pods, replicas=args.replicas or len(pods), devices_per_replica=devices, fmt=layout
         )
     except ranktable.RankTableIncomplete as incomplete:
         print("error: no valid rank table can be built from these pods:", file=sys.stderr)
@@ -53,6 +55,23 @@ def rank_table_command(args: argparse.Namespace) -> int:
     json.dump(table, sys.stdout, indent=2)
     print()
     return 0
+
+
+def check_rank_table_command(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    try:
+        table = json.loads(text)
+    except ValueError as error:
+        print(f"error: not JSON ({error})", file=sys.stderr)
+        return 2
+    if not isinstance(table, dict) or table.get("status") != ranktable.COMPLETED:
+        print("the table is not completed (status is not 'completed')", file=sys.stderr)
+        return 1
+    broken = hccl.findings(table)
+    for finding in broken:
+        print(f"  {finding}", file=sys.stderr)
+    print("HCCL would refuse this table" if broken else "HCCL accepts this table", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -112,7 +131,21 @@ def parser() -> argparse.ArgumentParser:
         help="devices each pod should have (default: from the annotations)",
     )
     table.add_argument("--replicas", type=int, help="pods expected (default: the pods given)")
+    table.add_argument("--job-name", default=naming.WORKER, help='"0.1": the group name')
+    table.add_argument(
+        "--super-pod-block", type=int, default=0,
+        help='"1.2": NPUs per logical super pod (sp-block); default: one super pod',
+    )  # fmt: skip
     table.set_defaults(func=rank_table_command)
+
+    check = commands.add_parser(
+        "check-rank-table",
+        help="check a rank table (hccl.json) against HCCL's acceptance rules",
+        description="Reads a rank table (the rings-config ConfigMap's hccl.json) and prints what "
+        "HCCL would refuse in it; exits 1 when there is anything.",
+    )
+    check.add_argument("file", nargs="?", default="-", help="hccl.json, or - for stdin")
+    check.set_defaults(func=check_rank_table_command)
     return root
 
 

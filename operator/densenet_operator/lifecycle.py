@@ -448,7 +448,7 @@ def rank_table(draft: Draft) -> bool:
     try:
         table = ranktable.build_rank_table(
             draft.current, replicas=spec.replicas, devices_per_replica=spec.devices_per_replica,
-            fmt=spec.rank_table_format,
+            fmt=ranktable.layout_for(spec, job_name),
             pod_names=[naming.pod_name(job_name, i) for i in range(spec.replicas)],
         )  # fmt: skip
     except ranktable.RankTableIncomplete as incomplete:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from densenet_operator import naming
+from densenet_operator.ascend import SUPER_POD_BLOCK_ANNOTATION
 from densenet_operator.spec import Job
 
 GROUP, VERSION, PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"
@@ -23,9 +24,13 @@ def build_pod_group(job: Job) -> dict[str, Any]:
         group_spec["queue"] = spec.scheduling.queue
     if spec.scheduling.priority_class_name:
         group_spec["priorityClassName"] = spec.scheduling.priority_class_name
+    metadata = naming.child_metadata(job.ref, naming.pod_group_name(job.ref.name))
+    if spec.device.type == "ascend" and spec.product.super_pod:
+        # Volcano's A3 super-pod plugin reads the block size from the PodGroup.
+        metadata["annotations"] = {SUPER_POD_BLOCK_ANNOTATION: str(spec.super_pod_block)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PodGroup",
-        "metadata": naming.child_metadata(job.ref, naming.pod_group_name(job.ref.name)),
+        "metadata": metadata,
         "spec": group_spec,
     }

@@ -14,7 +14,7 @@ from densenet_contract import (
     Env,
 )
 from densenet_contract.schema import trainer_flags
-from densenet_operator import naming
+from densenet_operator import ascend, naming
 from densenet_operator.spec import Job, TrainingSpec
 
 ASCEND_HOST_PATHS = {
@@ -62,13 +62,28 @@ def trainer_env(job: Job, index: int) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if spec.uses_rank_table:
-        env += [
-            {"name": Env.RANK_TABLE_FILE, "value": RANK_TABLE_FILE},
-            _field_env(Env.HCCL_IF_IP, "status.podIP"),
-            *({"name": name, "value": value} for name, value in HCCL_ENV.items()),
-        ]
+        env += _ascend_env(spec, index)
     # The user's variables come last so that they win.
     return env + [dict(var) for var in spec.env]
+
+
+def _ascend_env(spec: TrainingSpec, index: int) -> list[dict[str, Any]]:
+    """What HCCL, torch_npu and Huawei's device plugin read in an Ascend container."""
+    logical = ascend.logical_super_pod(index, spec.super_pod_block, spec.devices_per_replica)
+    env = [
+        {"name": Env.RANK_TABLE_FILE, "value": RANK_TABLE_FILE},
+        _field_env(Env.HCCL_IF_IP, "status.podIP"),
+        *({"name": name, "value": value} for name, value in HCCL_ENV.items()),
+        # ascend-operator sets it on every NPU job: the replica's logical super pod ("0"
+        # outside A3 super pods).
+        {"name": Env.HCCL_LOGIC_SUPERPOD_ID,
+         "value": str(logical if spec.product.super_pod else 0)},
+    ]  # fmt: skip
+    if spec.scheduling.scheduler_name == VOLCANO_SCHEDULER:
+        # Under Volcano the device plugin finds the pod's chips through this variable.
+        annotation = ascend.VOLCANO_DEVICES_ANNOTATION
+        env.append(_field_env(Env.ASCEND_VISIBLE_DEVICES, f"metadata.annotations['{annotation}']"))
+    return env
 
 
 def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], list[dict]]:
@@ -111,11 +126,30 @@ def _resources(spec: TrainingSpec) -> dict[str, Any]:
     return resources
 
 
+def _ascend_metadata(job: Job, index: int) -> tuple[dict[str, str], dict[str, str]]:
+    """Labels and annotations Huawei's stack reads on an Ascend pod."""
+    spec = job.spec
+    if spec.device.type != "ascend":
+        return {}, {}
+    labels = {ascend.RING_CONTROLLER_LABEL: spec.product.ring_controller}
+    annotations = {ascend.RANK_INDEX_ANNOTATION: str(index)}  # as ascend-operator writes it
+    return labels, annotations
+
+
+def _node_selector(spec: TrainingSpec) -> dict[str, str]:
+    """The user's selector; on Ascend, the product's accelerator-type unless the user set one."""
+    selector = dict(spec.scheduling.node_selector)
+    if spec.device.type == "ascend" and spec.product.accelerator_type:
+        selector.setdefault(ascend.ACCELERATOR_TYPE_LABEL, spec.product.accelerator_type)
+    return selector
+
+
 def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
     """The pod of replica `index` in gang `gang` (the restart count it was created under)."""
     spec = job.spec
     name = naming.pod_name(job.ref.name, index)
     volumes, mounts = _volumes_and_mounts(spec, job.ref.name)
+    ascend_labels, annotations = _ascend_metadata(job, index)
     metadata = naming.child_metadata(
         job.ref,
         name,
@@ -123,6 +157,7 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
             naming.LABEL_REPLICA_TYPE: naming.WORKER,
             naming.LABEL_REPLICA_INDEX: str(index),
             naming.LABEL_GANG: str(gang),
+            **ascend_labels,
         },
     )
     pod_spec: dict[str, Any] = {
@@ -147,8 +182,8 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
         "volumes": volumes,
     }
     scheduling = spec.scheduling
-    if scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    if selector := _node_selector(spec):
+        pod_spec["nodeSelector"] = selector
     if scheduling.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in scheduling.tolerations]
     if scheduling.affinity:
@@ -158,5 +193,7 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
     if scheduling.scheduler_name == VOLCANO_SCHEDULER:
-        metadata["annotations"] = {VOLCANO_GROUP_ANNOTATION: naming.pod_group_name(job.ref.name)}
+        annotations[VOLCANO_GROUP_ANNOTATION] = naming.pod_group_name(job.ref.name)
+    if annotations:
+        metadata["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

@@ -1,25 +1,28 @@
 """The HCCL rank table, built from a job's pods and the Ascend device plugin's annotations.
 
-A pure function of the pods: the table is either complete and valid, or not published at all
-(RankTableIncomplete says which pods hold it up, and why). Never a table with a missing IP,
-a device IP of "-1", or a device count that differs from the spec.
+A pure function of the pods: the table is either complete and one HCCL accepts, or not
+published at all (RankTableIncomplete says which pods hold it up, and why). Never a table with
+a missing IP, a device IP of "-1", a device count that differs from the spec, or anything
+`hccl.findings` finds. Formats: "1.0" (server_list, with host_ip), "1.2" (A3 super pods:
+super_device_id and super_pod_list) and the legacy "0.1" (group_list), as ascend-operator
+writes them (MindCluster `pkg/ranktable`).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, get_args
 
 from densenet_contract import RANK_TABLE_COMPLETED as COMPLETED
 from densenet_contract import RANK_TABLE_INITIALIZING as INITIALIZING
 from densenet_contract import RANK_TABLE_KEY
 from densenet_contract import RANK_TABLE_NOT_REQUIRED as NOT_REQUIRED
-from densenet_operator import naming
+from densenet_operator import deviceconfig, hccl, naming
+from densenet_operator.ascend import logical_super_pod
+from densenet_operator.deviceconfig import Device, DeviceConfig, Refused
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import JobRef, RankTableFormat, TrainingSpec
 
@@ -48,136 +51,53 @@ class RankTableIncomplete(Exception):
 
 
 @dataclass(frozen=True)
-class Device:
-    device_id: str
-    device_ip: str
-
-
-@dataclass(frozen=True)
 class Server:
     pod_name: str
+    pod_uid: str | None
+    node_name: str | None
     replica_index: int
-    server_id: str
-    container_ip: str
-    devices: tuple[Device, ...]
+    host_ip: str  # the node's IP
+    container_ip: str  # the pod's IP
+    config: DeviceConfig
+    server_id: str = ""  # chosen once every server is known (choose_server_ids)
 
-
-# Bounds on what the device plugin's annotation may hold (a real one is well under 4 kB: 16
-# devices of a few short strings). Anything larger, or not canonical, is refused, never copied.
-MAX_ANNOTATION_BYTES = 16384
-MAX_DEVICES = 64
-MAX_DEVICE_ID = 1023
-_DEVICE_ID = re.compile(r"[0-9]{1,4}")
-_SHOWN = 64  # characters of a refused value shown in a message
-
-
-def shorten(value: object, limit: int = _SHOWN) -> str:
-    """`repr(value)`, cut to `limit` characters: hostile input never grows a message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@lru_cache(maxsize=65536)
-def _is_ip(value: str) -> bool:
-    """An IPv4 or IPv6 literal (HCCL takes both for device IPs), without a scope zone."""
-    if not value.isascii() or "%" in value or len(value) > 45:
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _device_id(value: object) -> str:
-    """The canonical form of a device id: ASCII digits, no leading zeros ("00" is "0")."""
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if not _DEVICE_ID.fullmatch(text) or int(text) > MAX_DEVICE_ID:
-        raise _Problem(f"lists a device_id that is not a number from 0 to {MAX_DEVICE_ID}: "
-                       f"{shorten(value)}")  # fmt: skip
-    return str(int(text))
-
-
-def _read_annotation(raw: Any) -> tuple[list[Any], Any]:
-    if not isinstance(raw, str) or not raw:
-        raise _Problem("has no ascend-910-configuration annotation from the device plugin yet")
-    if len(raw) > MAX_ANNOTATION_BYTES:
-        raise _Problem(f"has an ascend-910-configuration annotation of {len(raw)} bytes, "
-                       f"more than {MAX_ANNOTATION_BYTES}")  # fmt: skip
-    try:
-        config = json.loads(raw)
-        entries = config["devices"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise _Problem(
-            f"has an unreadable ascend-910-configuration annotation ({type(error).__name__})"
-        ) from None
-    if not isinstance(entries, list) or len(entries) > MAX_DEVICES:
-        raise _Problem(f"lists devices that are not a list of at most {MAX_DEVICES}")
-    if not all(isinstance(e, dict) and "device_id" in e and "device_ip" in e for e in entries):
-        raise _Problem("lists a device without device_id and device_ip")
-    return entries, config.get("server_id")
-
-
-def _parse_devices(raw: Any) -> tuple[tuple[Device, ...], str | None]:
-    """Devices sorted by numeric device_id, plus the annotation's server_id."""
-    entries, server_id = _read_annotation(raw)
-    devices = [Device(_device_id(e["device_id"]), str(e["device_ip"])) for e in entries]
-    ids = [d.device_id for d in devices]
-    if len(set(ids)) != len(ids):
-        raise _Problem(f"lists device ids more than once: {shorten(ids)}")
-    for device in devices:
-        if device.device_ip == "-1":
-            raise _Problem(
-                f"device {device.device_id} has IP -1: the device plugin could not read it"
-            )
-        if not _is_ip(device.device_ip):
-            raise _Problem(
-                f"device {device.device_id} has an invalid IP {shorten(device.device_ip)}"
-            )
-    server = str(server_id) if isinstance(server_id, str | int) else None
-    return tuple(sorted(devices, key=lambda d: int(d.device_id))), server
-
-
-class _Problem(Exception):
-    pass
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self.config.devices
 
 
 def _server(pod: PodRecord, devices_per_replica: int) -> Server:
     if not pod.pod_ip:
-        raise _Problem("has no pod IP yet")
-    devices, annotated_server = _parse_devices(pod.device_config)
-    if len(devices) != devices_per_replica:
-        raise _Problem(
-            f"the device plugin assigned {len(devices)} devices, the job asks for {devices_per_replica}"
+        raise Refused("has no pod IP yet")
+    config = deviceconfig.parse(pod.device_config)
+    if len(config.devices) != devices_per_replica:
+        raise Refused(
+            f"the device plugin assigned {len(config.devices)} devices, the job asks for "
+            f"{devices_per_replica}"
         )
-    # The plugin's server_id is the node IP on most versions, the pod UID on some: then hostIP.
-    server_id = annotated_server if annotated_server and _is_ip(annotated_server) else None
-    server_id = server_id or pod.host_ip
-    if not server_id:
-        raise _Problem("has no host IP yet")
+    host_ip = config.host_ip or pod.host_ip
+    if not host_ip:
+        raise Refused("has no host IP yet")
     assert pod.index is not None  # collect_servers placed it by its index
-    return Server(pod.name, pod.index, server_id, pod.pod_ip, devices)
+    return Server(pod.name, pod.uid, pod.node_name, pod.index, host_ip, pod.pod_ip, config)
 
 
-def device_count(pod: PodRecord) -> int | None:
-    """How many devices the device plugin's annotation lists (valid or not), None without one."""
-    try:
-        return len(json.loads(pod.device_config or "")["devices"])
-    except (TypeError, ValueError, KeyError):
-        return None
+def choose_server_ids(servers: Sequence[Server]) -> list[Server]:
+    """A `server_id` HCCL accepts (unique), as ascend-operator picks it: the node's IP when
+    every pod has a node of its own; else the device plugin's server_id (the pod UID since
+    plugin v7.3.0) when those are unique; else the pod UID."""
+    nodes = [s.node_name or s.host_ip for s in servers]
+    if len(set(nodes)) == len(nodes):
+        return [dataclasses.replace(s, server_id=s.host_ip) for s in servers]
+    annotated = [s.config.server_id for s in servers]
+    if None not in annotated and len(set(annotated)) == len(annotated):
+        return [dataclasses.replace(s, server_id=str(s.config.server_id)) for s in servers]
+    return [dataclasses.replace(s, server_id=s.pod_uid or s.pod_name) for s in servers]
 
 
-def collect_servers(
-    pods: Iterable[PodRecord],
-    *,
-    replicas: int,
-    devices_per_replica: int,
-    pod_names: Sequence[str] | None = None,
-) -> list[Server]:
-    """The servers in replica order, or RankTableIncomplete naming every pod that holds it up.
-
-    `pod_names[i]` names replica i in messages when that pod does not exist yet.
-    """
+def _placed(
+    pods: Iterable[PodRecord], replicas: int
+) -> tuple[dict[int, PodRecord], list[PodProblem]]:
     by_index: dict[int, PodRecord] = {}
     problems: list[PodProblem] = []
     for pod in pods:
@@ -195,6 +115,21 @@ def collect_servers(
             )
         else:
             by_index[pod.index] = pod
+    return by_index, problems
+
+
+def collect_servers(
+    pods: Iterable[PodRecord],
+    *,
+    replicas: int,
+    devices_per_replica: int,
+    pod_names: Sequence[str] | None = None,
+) -> list[Server]:
+    """The servers in replica order, or RankTableIncomplete naming every pod that holds it up.
+
+    `pod_names[i]` names replica i in messages when that pod does not exist yet.
+    """
+    by_index, problems = _placed(pods, replicas)
     servers: list[Server] = []
     for index in range(replicas):
         found = by_index.get(index)
@@ -204,50 +139,78 @@ def collect_servers(
             continue
         try:
             servers.append(_server(found, devices_per_replica))
-        except _Problem as problem:
+        except Refused as problem:
             problems.append(PodProblem(found.name, str(problem)))
     if problems:
         raise RankTableIncomplete(problems)
-    return servers
+    return choose_server_ids(servers)
 
 
-def render(servers: Sequence[Server], fmt: str = "1.0") -> dict[str, Any]:
-    """The completed rank table in format "1.0" (server_list) or legacy "0.1" (group_list).
+@dataclass(frozen=True)
+class Layout:
+    """How to write the table: its format, the legacy group's name, super-pod blocks."""
 
-    All values are strings, as HCCL expects.
-    """
-    if fmt == "1.0":
-        return _render_server_list(servers)
-    if fmt == "0.1":
-        return _render_group_list(servers)
-    raise ValueError(f"unknown rank table format {fmt!r}: expected one of {FORMATS}")
+    fmt: str = "1.0"
+    group_name: str = naming.WORKER  # "0.1": the job's name
+    super_pod_block: int = 0  # "1.2": NPUs per logical super pod (0: one for the job)
 
 
-def _render_server_list(servers: Sequence[Server]) -> dict[str, Any]:
+def render(servers: Sequence[Server], layout: Layout | str = Layout()) -> dict[str, Any]:
+    """The completed rank table: "1.0" (server_list), "1.2" (with super pods) or the legacy
+    "0.1" (group_list). All values are strings, as HCCL expects."""
+    layout = Layout(layout) if isinstance(layout, str) else layout
+    if layout.fmt in ("1.0", "1.2"):
+        return _render_server_list(servers, layout)
+    if layout.fmt == "0.1":
+        return _render_group_list(servers, layout.group_name)
+    raise ValueError(f"unknown rank table format {layout.fmt!r}: expected one of {FORMATS}")
+
+
+def _device_entry(device: Device, rank: int, v12: bool) -> dict[str, str]:
+    entry = {"device_id": device.device_id, "device_ip": device.device_ip, "rank_id": str(rank)}
+    if v12:
+        entry["super_device_id"] = device.super_device_id or device.device_id
+    return entry
+
+
+def _render_server_list(servers: Sequence[Server], layout: Layout) -> dict[str, Any]:
+    v12 = layout.fmt == "1.2"
     server_list = [
         {
-            "server_id": server.server_id,
-            "container_ip": server.container_ip,
             "device": [
-                {
-                    "device_id": device.device_id,
-                    "device_ip": device.device_ip,
-                    "rank_id": str(server.replica_index * len(server.devices) + position),
-                }
+                _device_entry(device, server.replica_index * len(server.devices) + position, v12)
                 for position, device in enumerate(server.devices)
             ],
+            "server_id": server.server_id,
+            "host_ip": server.host_ip,
+            "container_ip": server.container_ip,
         }
         for server in servers
     ]
-    return {
+    table: dict[str, Any] = {
         "status": COMPLETED,
-        "version": "1.0",
+        "version": layout.fmt,
         "server_count": str(len(servers)),
         "server_list": server_list,
     }
+    if v12:
+        table["super_pod_list"] = _super_pod_list(servers, layout.super_pod_block)
+    return table
 
 
-def _render_group_list(servers: Sequence[Server]) -> dict[str, Any]:
+def _super_pod_list(servers: Sequence[Server], block: int) -> list[dict[str, Any]]:
+    """Logical super pods: servers in rank order fill blocks of `block` NPUs."""
+    pods: dict[int, list[str]] = {}
+    for server in servers:
+        logical = logical_super_pod(server.replica_index, block, len(server.devices))
+        pods.setdefault(logical, []).append(server.server_id)
+    return [
+        {"super_pod_id": str(pod), "server_list": [{"server_id": sid} for sid in ids]}
+        for pod, ids in sorted(pods.items())
+    ]
+
+
+def _render_group_list(servers: Sequence[Server], group_name: str) -> dict[str, Any]:
     instances = [
         {
             "pod_name": server.pod_name,
@@ -259,7 +222,7 @@ def _render_group_list(servers: Sequence[Server]) -> dict[str, Any]:
         for server in servers
     ]
     group = {
-        "group_name": naming.WORKER,
+        "group_name": group_name,
         "device_count": str(sum(len(s.devices) for s in servers)),
         "instance_count": str(len(servers)),
         "instance_list": instances,
@@ -272,14 +235,25 @@ def build_rank_table(
     *,
     replicas: int,
     devices_per_replica: int,
-    fmt: str = "1.0",
+    fmt: str | Layout = "1.0",
     pod_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Pods -> completed rank table; raises RankTableIncomplete if any pod is not ready for it."""
+    """Pods -> completed rank table that passes HCCL's rules (hccl.findings); raises
+    RankTableIncomplete naming what holds it up."""
     servers = collect_servers(
         pods, replicas=replicas, devices_per_replica=devices_per_replica, pod_names=pod_names
     )
-    return render(servers, fmt)
+    table = render(servers, fmt)
+    broken = hccl.findings(table)
+    if broken:
+        raise RankTableIncomplete(
+            [PodProblem("the table", f"HCCL would refuse it: {b}") for b in broken]
+        )
+    return table
+
+
+def layout_for(spec: TrainingSpec, job_name: str) -> Layout:
+    return Layout(spec.rank_table_format, job_name, spec.super_pod_block)
 
 
 def initializing_table() -> dict[str, Any]:

@@ -15,10 +15,10 @@ from typing import Any, ClassVar, Literal
 from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName
 from densenet_contract.recipe import Recipe
 from densenet_contract.schema import Rule, SpecError, parse, spec_field
+from densenet_operator.ascend import PRODUCTS, Product, ProductName, describe_counts
 
 __all__ = ["Job", "JobRef", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
 
-ASCEND_DEVICES_PER_REPLICA = (1, 2, 4, 8)
 MAX_WORLD_SIZE = 16384
 RESOURCE_NAME_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -52,6 +52,24 @@ def _unnamed_volume(field: str) -> tuple[Rule, ...]:
 
 
 @dataclass(frozen=True)
+class AscendDevice:
+    product: ProductName = spec_field(
+        "910",
+        description="The Ascend system: 910 (Atlas 800, 8 chips in two HCCS rings), 910b (Atlas "
+        "800T A2, 8 chips), 910b-16 (16-chip A2 servers), a3 (Atlas 900 A3, 16 NPUs per node), "
+        "a3-superpod (Atlas 900 A3 SuperPoD: rank table 1.2). Decides the node selector "
+        "(accelerator-type), the devices a pod may take and the rank-table version.",
+    )
+    super_pod_block: int | None = spec_field(
+        None,
+        minimum=1,
+        maximum=MAX_WORLD_SIZE,
+        description="a3-superpod: NPUs per logical super pod (Volcano's sp-block). Default: the "
+        "whole job in one.",
+    )
+
+
+@dataclass(frozen=True)
 class Device:
     type: DeviceType = spec_field(
         "ascend",
@@ -65,6 +83,7 @@ class Device:
         description="Extended resource each pod requests devicesPerReplica of. Defaults to "
         "huawei.com/Ascend910 for ascend and nvidia.com/gpu for cuda; cpu requests none.",
     )
+    ascend: AscendDevice = spec_field(AscendDevice)
 
 
 @dataclass(frozen=True)
@@ -106,13 +125,15 @@ class Checkpoint:
     )
 
 
-RankTableFormat = Literal["1.0", "0.1"]
+RankTableFormat = Literal["1.0", "1.2", "0.1"]
 
 
 @dataclass(frozen=True)
 class RankTable:
-    format: RankTableFormat = spec_field(
-        "1.0", description='"1.0" (server_list, the default) or the legacy "0.1" (group_list).'
+    format: RankTableFormat | None = spec_field(
+        None,
+        description='"1.0" (server_list), "1.2" (server_list with super pods: A3 SuperPoD) or '
+        'the legacy "0.1" (group_list). Default: the product\'s, 1.2 on a3-superpod, else 1.0.',
     )
 
 
@@ -169,6 +190,64 @@ class Scheduling:
     )
 
 
+def _devices_rule(product: Product) -> Rule:
+    """devicesPerReplica as Volcano's Ascend plugin allows it on `product`."""
+    multi, single = list(product.devices), list(product.single_replica_devices)
+    counts = describe_counts(product.devices)
+    if single != multi:
+        extra = sorted(set(single) - set(multi))
+        counts += f" ({describe_counts(tuple(extra))} for a one-replica job)"
+    return Rule(
+        f"self.device.type != 'ascend' || self.device.ascend.product != '{product.name}' || "
+        f"self.devicesPerReplica in (self.replicas == 1 ? {single} : {multi})",
+        f"devicesPerReplica must be {counts} for {product.system} (device.ascend.product "
+        f"{product.name}): {product.why}",
+        lambda spec: (
+            spec.device.type != "ascend"
+            or spec.device.ascend.product != product.name
+            or spec.devices_per_replica in product.allowed(spec.replicas)
+        ),
+        field_path=".devicesPerReplica",
+    )
+
+
+_SUPER_POD = "self.device.type == 'ascend' && self.device.ascend.product == 'a3-superpod'"
+_BLOCK = "self.device.ascend.superPodBlock"
+SUPER_POD_RULES = (
+    Rule(
+        f"!has({_BLOCK}) || ({_SUPER_POD})",
+        "device.ascend.superPodBlock is for device.ascend.product a3-superpod only",
+        lambda spec: (
+            spec.device.ascend.super_pod_block is None
+            or (spec.device.type == "ascend" and spec.device.ascend.product == "a3-superpod")
+        ),
+        field_path=".device.ascend.superPodBlock",
+    ),
+    Rule(
+        f"!has({_BLOCK}) || (self.replicas == 1 ? {_BLOCK} == self.devicesPerReplica : "
+        f"{_BLOCK} % 16 == 0 && (self.replicas * self.devicesPerReplica) % {_BLOCK} == 0)",
+        "device.ascend.superPodBlock must divide the world size (replicas x devicesPerReplica) "
+        "in whole nodes of 16, or equal devicesPerReplica for a one-replica job",
+        lambda spec: (
+            spec.device.ascend.super_pod_block is None
+            or (
+                spec.device.ascend.super_pod_block == spec.devices_per_replica
+                if spec.replicas == 1
+                else spec.device.ascend.super_pod_block % 16 == 0
+                and spec.world_size % spec.device.ascend.super_pod_block == 0
+            )
+        ),
+        field_path=".device.ascend.superPodBlock",
+    ),
+    Rule(
+        f"!has(self.rankTable.format) || self.rankTable.format != '1.2' || ({_SUPER_POD})",
+        'rankTable.format "1.2" is for A3 super pods (device.ascend.product a3-superpod)',
+        lambda spec: spec.rank_table.format != "1.2" or spec.product.super_pod,
+        field_path=".rankTable.format",
+    ),
+)
+
+
 ENV_VAR_SCHEMA = {
     "type": "array",
     "items": {
@@ -222,16 +301,8 @@ class TrainingSpec:
     )  # fmt: skip
 
     RULES: ClassVar[tuple[Rule, ...]] = (
-        Rule(
-            "self.device.type != 'ascend' || self.devicesPerReplica in [1, 2, 4, 8]",
-            "devicesPerReplica must be 1, 2, 4 or 8 for Ascend 910: a server has 8 chips in "
-            "two HCCS rings of 4",
-            lambda spec: (
-                spec.device.type != "ascend"
-                or spec.devices_per_replica in ASCEND_DEVICES_PER_REPLICA
-            ),
-            field_path=".devicesPerReplica",
-        ),
+        *(_devices_rule(product) for product in PRODUCTS.values()),
+        *SUPER_POD_RULES,
         Rule(
             f"self.replicas * self.devicesPerReplica <= {MAX_WORLD_SIZE}",
             f"replicas x devicesPerReplica (the world size) must be at most {MAX_WORLD_SIZE}",
@@ -262,8 +333,17 @@ class TrainingSpec:
         return self.device_kind.uses_rank_table
 
     @property
+    def product(self) -> Product:
+        return PRODUCTS[self.device.ascend.product]
+
+    @property
+    def super_pod_block(self) -> int:
+        """NPUs per logical super pod (A3 super pods): the whole job unless set."""
+        return self.device.ascend.super_pod_block or self.world_size
+
+    @property
     def rank_table_format(self) -> str:
-        return self.rank_table.format
+        return self.rank_table.format or self.product.rank_table_version
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,28 @@ def make_job(**spec: Any) -> Job:
 
 
 def device_annotation(
-    index: int, devices: int, *, server_id: str | None = None, first_id: int = 0
+    index: int,
+    devices: int,
+    *,
+    server_id: str | None = None,
+    first_id: int = 0,
+    super_pod: int | None = None,
+    host_ip: str | None = None,
 ) -> str:
+    """The device plugin's annotation (v7.3 shape); `super_pod`: on an A3 super pod, whose
+    chips carry super_device_id = server index x 16 + chip."""
     return json.dumps(
         {
             "pod_name": naming.pod_name(JOB.name, index),
             "server_id": server_id if server_id is not None else f"10.0.0.{11 + index}",
+            **({"host_ip": host_ip} if host_ip else {}),
+            "super_pod_id": -2 if super_pod is None else super_pod,
             "devices": [
                 {
                     "device_id": str(first_id + d),
-                    "device_ip": f"192.168.{100 + d % 4}.{101 + index}",
+                    # Unique per chip, as on real servers (hccn_tool's layout).
+                    "device_ip": f"192.168.{100 + d % 4}.{101 + 4 * index + d // 4}",
+                    "super_device_id": "0" if super_pod is None else str(16 * index + first_id + d),
                 }
                 for d in range(devices)
             ],

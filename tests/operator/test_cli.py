@@ -43,3 +43,16 @@ def test_unreadable_input(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("not json"))
     assert cli.main(["rank-table", "-"]) == 2
     assert "not JSON" in capsys.readouterr().err
+
+
+def test_check_rank_table_reports_what_hccl_would_refuse(capsys, monkeypatch):
+    code, out, _ = run(capsys, monkeypatch, {"items": [make_pod(0), make_pod(1)]})
+    table = json.loads(out)
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(json.dumps(table)))
+    assert cli.main(["check-rank-table", "-"]) == 0
+    assert "HCCL accepts this table" in capsys.readouterr().err
+    table["server_list"][1]["server_id"] = table["server_list"][0]["server_id"]
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(json.dumps(table)))
+    assert cli.main(["check-rank-table", "-"]) == 1
+    err = capsys.readouterr().err
+    assert "is used by more than one server" in err and "HCCL would refuse this table" in err

@@ -39,8 +39,10 @@ def test_all_values_are_strings():
         else:
             yield value
 
-    for fmt in ranktable.FORMATS:
+    for fmt in ("1.0", "0.1"):
         assert all(isinstance(v, str) for v in walk(build([make_pod(0), make_pod(1)], 2, fmt=fmt)))
+    super_pods = [make_pod(i, annotation=device_annotation(i, 8, super_pod=0)) for i in (0, 1)]
+    assert all(isinstance(v, str) for v in walk(build(super_pods, 2, fmt="1.2")))
 
 
 def test_servers_follow_the_numeric_replica_index_not_the_input_order():
@@ -79,7 +81,7 @@ def test_legacy_group_list_format():
     assert [i["pod_name"] for i in group["instance_list"]] == ["dn161-worker-0", "dn161-worker-1"]
     assert group["instance_list"][1]["devices"][0] == {
         "device_id": "0",
-        "device_ip": "192.168.100.102",
+        "device_ip": "192.168.100.105",
     }
 
 
