@@ -4,9 +4,14 @@ user understands, before the operator ever sees them."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.operator.test_ascend import MATRIX
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +105,26 @@ INVALID = {
     ),
     "misspelt field": (with_spec(replcias=2), 'unknown field "spec.replcias"'),
     "name too long for pod hostnames": (renamed("a" * 41), "at most 40 characters"),
+    "a super-pod block on another product": (
+        with_spec(device={"ascend": {"product": "a3", "superPodBlock": 32}}, devicesPerReplica=16),
+        "superPodBlock is for device.ascend.product a3-superpod only",
+    ),
+    "a super-pod block that is not whole nodes": (
+        with_spec(
+            replicas=4,
+            devicesPerReplica=16,
+            device={"ascend": {"product": "a3-superpod", "superPodBlock": 24}},
+        ),
+        "superPodBlock must divide the world size",
+    ),
+    "rank table 1.2 outside a super pod": (
+        with_spec(rankTable={"format": "1.2"}),
+        'rankTable.format "1.2" is for A3 super pods',
+    ),
+    "unknown Ascend product": (
+        with_spec(device={"ascend": {"product": "910c"}}),
+        'spec.device.ascend.product: Unsupported value: "910c"',
+    ),
     "world size too large": (
         with_spec(replicas=4096, devicesPerReplica=8),
         "world size) must be at most 16384",
@@ -128,3 +153,40 @@ def test_replicas_cannot_change_under_a_running_job(
     result = kubectl("apply", "-n", namespace, "-f", "-", input=with_spec(replicas=2), check=False)
     assert result.returncode != 0
     assert "replicas is immutable" in result.stderr
+
+
+def _product_case(product: str, replicas: int, devices: int) -> dict[str, Any]:
+    return with_spec(replicas=replicas, devicesPerReplica=devices,
+                     device={"type": "ascend", "ascend": {"product": product}})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("product", "replicas", "devices", "allowed"),
+    MATRIX,
+)
+def test_each_product_s_device_counts_on_the_api_server(
+    kubectl: Any,
+    crd: None,
+    namespace: str,
+    product: str,
+    replicas: int,
+    devices: int,
+    allowed: bool,
+) -> None:
+    result = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                     input=_product_case(product, replicas, devices), check=False)  # fmt: skip
+    if allowed:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert f"(device.ascend.product {product})" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_is_accepted_by_the_api_server(
+    kubectl: Any, crd: None, namespace: str, example: Path
+) -> None:
+    result = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
