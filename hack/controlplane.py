@@ -5,7 +5,10 @@ etcd, kwok and kwokctl from Go modules; this module points kwokctl at those bina
 downloads nothing), starts, health-checks, reuses and stops the components, and finds and ends
 every process they left behind. These are the real components, unchanged: the scheduler places
 pods, the controller manager runs garbage collection, and kwok-controller keeps fake nodes Ready
-and moves their scheduled pods to Running (fakenodes.py makes the nodes).
+and moves their scheduled pods to Running (fakenodes.py makes the nodes). Beside them runs the simulated Ascend device
+plugin (deviceplugin.py), which annotates pods with their chips as Huawei's plugin does; it is
+started with the cluster (and again when a reused cluster lacks it) unless
+`DENSENET_DEVICE_PLUGIN=0`; `DENSENET_DEVICE_PLUGIN_DELAY` sets its delay (seconds).
 
 Everything binds to 127.0.0.1 on ports kwokctl picks free. State lives under
 `$DENSENET_CACHE/kwok` (default `~/.cache/densenet-operator/kwok`), kwokctl's `KWOK_WORKDIR`,
@@ -48,6 +51,13 @@ BINARIES = {
     "kwok-controller": "kwok",
 }
 STATE_FILE = "densenet-cluster.json"
+PLUGIN_SCRIPT = REPO_ROOT / "hack" / "deviceplugin.py"
+PLUGIN = "device-plugin"  # its name in `component_status`; files in the cluster dir:
+PLUGIN_PID_FILE, PLUGIN_LOG_FILE, PLUGIN_READY_FILE = (
+    "deviceplugin.pid",
+    "deviceplugin.log",
+    "deviceplugin.ready",
+)
 # What a wait on the cluster retries: kubectl failing or hanging while a component starts.
 TRANSIENT = (KubectlError, subprocess.TimeoutExpired)
 
@@ -269,9 +279,104 @@ def _component_log_tail(name: str, lines: int = 15) -> str:
 
 
 def component_status(name: str = DEFAULT_NAME) -> dict[str, dict[str, Any]]:
-    """Each component's pid (from its pid file) and whether that process runs."""
+    """Each component's pid (from its pid file) and whether that process runs, and the same
+    for the device plugin."""
     pids = component_pids(name)
-    return {c: {"pid": pids.get(c), "running": pid_running(pids.get(c))} for c in COMPONENTS}
+    status = {c: {"pid": pids.get(c), "running": pid_running(pids.get(c))} for c in COMPONENTS}
+    return {**status, PLUGIN: device_plugin_status(name)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulated Ascend device plugin (hack/deviceplugin.py): a process of the cluster
+
+
+def device_plugin_enabled() -> bool:
+    """On unless DENSENET_DEVICE_PLUGIN is 0/false/no/off."""
+    value = os.environ.get("DENSENET_DEVICE_PLUGIN", "").strip().lower()
+    return value not in {"0", "false", "no", "off"}
+
+
+def device_plugin_delay() -> float:
+    """Seconds from a pod bound to its annotation: DENSENET_DEVICE_PLUGIN_DELAY, else 0.5."""
+    return float(os.environ.get("DENSENET_DEVICE_PLUGIN_DELAY") or 0.5)
+
+
+def device_plugin_processes(name: str = DEFAULT_NAME) -> list[psutil.Process]:
+    """The plugin processes serving cluster `name`, found by their command line (the script
+    and this cluster's kubeconfig), so that a lost pid file never leaves one behind."""
+    wanted = (str(PLUGIN_SCRIPT), str(kubeconfig_path(name)))
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if all(w in cmdline for w in wanted) and _running(process):
+            found.append(process)
+    return found
+
+
+def _plugin_current(process: psutil.Process, name: str, delay: float) -> bool:
+    """Started from the script as it is now, with this delay."""
+    try:
+        recorded = json.loads((cluster_dir(name) / PLUGIN_PID_FILE).read_text())
+        newer_script = PLUGIN_SCRIPT.stat().st_mtime > process.create_time()
+    except (OSError, ValueError, psutil.Error):
+        return False
+    return recorded == {"pid": process.pid, "delay": delay} and not newer_script
+
+
+def ensure_device_plugin(
+    name: str = DEFAULT_NAME, *, delay: float | None = None, timeout: float = 60
+) -> int:
+    """The plugin of cluster `name` running (started, or restarted when its script changed or
+    its delay differs); returns its pid once its caches are synced."""
+    delay = device_plugin_delay() if delay is None else delay
+    running = device_plugin_processes(name)
+    if len(running) == 1 and _plugin_current(running[0], name, delay):
+        return running[0].pid
+    stop_device_plugin(name)
+    workdir = cluster_dir(name)
+    ready = workdir / PLUGIN_READY_FILE
+    with (workdir / PLUGIN_LOG_FILE).open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(PLUGIN_SCRIPT), "--kubeconfig", str(kubeconfig_path(name)),
+             "--delay", str(delay), "--ready-file", str(ready)],
+            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=str(REPO_ROOT),
+        )  # fmt: skip
+    (workdir / PLUGIN_PID_FILE).write_text(json.dumps({"pid": process.pid, "delay": delay}))
+
+    def synced() -> bool:
+        if process.poll() is not None:
+            tail = (workdir / PLUGIN_LOG_FILE).read_text(errors="replace").splitlines()[-15:]
+            raise ClusterError(f"the device plugin exited with {process.returncode}:\n"
+                               + "\n".join(tail))  # fmt: skip
+        return ready.is_file()
+
+    wait_for(synced, timeout, what="the device plugin's caches to sync")
+    log(f"device plugin of cluster {name!r} running (pid {process.pid}, delay {delay:g} s)")
+    return process.pid
+
+
+def stop_device_plugin(name: str = DEFAULT_NAME) -> None:
+    processes = device_plugin_processes(name)
+    if processes:
+        terminate(processes, timeout=5)
+    for leftover in (PLUGIN_PID_FILE, PLUGIN_READY_FILE):
+        (cluster_dir(name) / leftover).unlink(missing_ok=True)
+
+
+def device_plugin_status(name: str = DEFAULT_NAME) -> dict[str, Any]:
+    """The plugin's pid, whether it runs, its delay and its log."""
+    processes = device_plugin_processes(name)
+    try:
+        delay = json.loads((cluster_dir(name) / PLUGIN_PID_FILE).read_text())["delay"]
+    except (OSError, ValueError, KeyError, TypeError):
+        delay = None
+    return {
+        "pid": processes[0].pid if processes else None,
+        "running": bool(processes),
+        "delay": delay if processes else None,
+        "log": str(cluster_dir(name) / PLUGIN_LOG_FILE),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,9 +393,17 @@ def _cluster(name: str, bin_dir: Path, kubectl: Path, reused: bool) -> Cluster:
     )
 
 
-def up(name: str, *, bin_dir: Path | None = None, timeout: float = 180) -> Cluster:
+def up(
+    name: str,
+    *,
+    bin_dir: Path | None = None,
+    timeout: float = 180,
+    device_plugin: bool | None = None,
+) -> Cluster:
     """The control plane `name` with its apiserver ready: reused when it already runs healthy
-    with these binaries, else (re)created. Call it holding `locked(name)`."""
+    with these binaries, else (re)created; and the device plugin running unless
+    `device_plugin` is False (None: `device_plugin_enabled()`). Call it holding
+    `locked(name)`."""
     bin_dir = bin_dir or ensure_binaries()
     kubectl = find_tool("kubectl")
     reused = _healthy(name, bin_dir, kubectl)
@@ -306,6 +419,10 @@ def up(name: str, *, bin_dir: Path | None = None, timeout: float = 180) -> Clust
         what="the apiserver's /readyz",
         retry_on=TRANSIENT,
     )
+    if device_plugin_enabled() if device_plugin is None else device_plugin:
+        ensure_device_plugin(name)
+    else:
+        stop_device_plugin(name)
     return cluster
 
 
@@ -333,6 +450,7 @@ def _create(name: str, bin_dir: Path, kubectl: Path, timeout: float) -> None:
 
 def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: bool) -> None:
     workdir = cluster_dir(name)
+    stop_device_plugin(name)
     if workdir.exists() and bin_dir is not None and kubectl is not None:
         proc = _kwokctl(bin_dir, kubectl, "delete", "cluster", "--name", name, timeout=120)
         if proc.returncode != 0 and not quiet:

@@ -7,20 +7,33 @@
 4. runs each scheduled pod's trainer container as a local process (hack/podrunner.py), with
    the pod's own command, args, env, rank-table ConfigMap and ServiceAccount token;
 5. shows progress from `kubectl get densenettrainings`, and ends with it.
+
+`--ascend` runs an Ascend job instead: examples/densenet161-8p.yaml (1 replica x 8 NPUs) on the
+KWOK 910 nodes, or with `--ascend 16p` densenet161-16p.yaml (2 x 8), `--ascend 910b-2x8` and
+`--ascend a3-2x16` the 910B and A3 super-pod examples, on two nodes of that product added for
+the run. No trainer runs (KWOK has no containers and this machine no NPU): the simulated Ascend
+device plugin (hack/deviceplugin.py) annotates the pods with their chips, the operator publishes
+the rank table, and the demo prints it (`kubectl get configmap rings-config-<job>`) and deletes
+the job (and the nodes it added).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import deviceplugin
+import fakenodes
 import localcluster
+import yaml
 from podrunner import LocalKubelet
 from testsupport import (
     CRD_NAME,
@@ -29,9 +42,17 @@ from testsupport import (
     create_namespace,
     find_tool,
     service_account_kubeconfig,
+    wait_for,
 )
 
 EXAMPLE = REPO_ROOT / "examples" / "densenet121-cpu-demo.yaml"
+# --ascend choice -> the example, and the nodes of another product it needs (product, count)
+ASCEND_EXAMPLES: dict[str, tuple[Path, tuple[str, int] | None]] = {
+    "8p": (REPO_ROOT / "examples" / "densenet161-8p.yaml", None),
+    "16p": (REPO_ROOT / "examples" / "densenet161-16p.yaml", None),
+    "910b-2x8": (REPO_ROOT / "examples" / "densenet161-910b-2x8.yaml", ("910b", 2)),
+    "a3-2x16": (REPO_ROOT / "examples" / "densenet161-a3-2x16.yaml", ("a3-superpod", 2)),
+}
 CHART = REPO_ROOT / "charts" / "densenet-operator"
 DEMO_DIR = Path("/tmp/densenet-demo")  # the example's hostPath volumes point here
 RELEASE, OPERATOR_NAMESPACE, NAMESPACE = "densenet-operator", "densenet-system", "densenet-demo"
@@ -52,7 +73,7 @@ class Demo:
         say("installing the chart's CRD and RBAC (helm)")
         subprocess.run(
             [str(self.helm), "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-             "--create-namespace", "--set", "replicas=0", "--take-ownership", "--wait", "--timeout", "120s"],
+             "--create-namespace", "--set", "replicas=0", "--take-ownership", "--force-conflicts", "--wait", "--timeout", "120s"],
             env=self.env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
@@ -110,6 +131,33 @@ class Demo:
 
         kubelet.run_until(finished, timeout=timeout)
 
+    def ascend_job(self, example: Path, timeout: float) -> str:
+        """Applies an Ascend example, waits until its rank table is completed, prints the
+        device plugin's annotation of its first pod and the table, and deletes the job."""
+        name = yaml.safe_load(example.read_text())["metadata"]["name"]
+        create_namespace(self.kubectl, NAMESPACE, exist_ok=True)
+        self.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        say(f"applying {example.relative_to(REPO_ROOT)} (Ascend: the pods request NPUs)")
+        self.kubectl("apply", "-n", NAMESPACE, "-f", str(example))
+        configmap = f"rings-config-{name}"
+
+        def table() -> str | None:
+            text = self.kubectl("get", "configmap", configmap, "-n", NAMESPACE, "-o",
+                                "jsonpath={.data.hccl\\.json}", check=False).stdout  # fmt: skip
+            return text if text and json.loads(text).get("status") == "completed" else None
+
+        say("waiting for the device plugin's annotations and the rank table")
+        hccl = wait_for(table, timeout, interval=0.5, what=f"{configmap} to be completed")
+        pod = self.kubectl.json("get", "pod", f"{name}-worker-0", "-n", NAMESPACE)
+        say(f"{name}-worker-0 on {pod['spec']['nodeName']}: {deviceplugin.CONFIG_ANNOTATION}")
+        print(pod["metadata"]["annotations"][deviceplugin.CONFIG_ANNOTATION])  # as written
+        say(f"kubectl get configmap {configmap} -o jsonpath={{.data.hccl\\.json}}")
+        print(json.dumps(json.loads(hccl), indent=2))
+        say("kubectl get densenettrainings -n " + NAMESPACE)
+        print(self.table())
+        self.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--wait=true")
+        return hccl
+
 
 def write_digits(size: int) -> Path:
     target = DEMO_DIR / "digits"
@@ -122,6 +170,36 @@ def write_digits(size: int) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def product_nodes(cluster: localcluster.Cluster, nodes: tuple[str, int] | None) -> Iterator[None]:
+    """Nodes of another Ascend product for the duration (those it had to add are deleted)."""
+    if nodes is None:
+        yield
+        return
+    before = {n["metadata"]["name"] for n in fakenodes.list_nodes(cluster)}
+    say(f"adding {nodes[1]} KWOK nodes of product {nodes[0]}")
+    names = fakenodes.ensure_product_nodes(cluster, *nodes)
+    try:
+        yield
+    finally:
+        fakenodes.delete_nodes(cluster, [n for n in names if n not in before])
+
+
+def train_cpu_example(demo: Demo, workdir: Path, epochs: int | None, timeout: float) -> int:
+    """The CPU demo's job: trains through the operator; 0 when it Succeeded."""
+    write_digits(32)
+    name = demo.apply_example(epochs)
+    demo.train(name, workdir, timeout)
+    print()
+    say("kubectl get densenettrainings -n " + NAMESPACE)
+    print(demo.table())
+    status = demo.job_status(name)
+    if status.get("phase") != "Succeeded":
+        print(f"the job ended {status.get('phase')}: {status.get('message')}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cluster", default=localcluster.DEFAULT_NAME, help="local cluster name")
@@ -132,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--epochs", type=int, help="override the example's epochs (tests use fewer)"
     )
+    parser.add_argument("--ascend", nargs="?", const="8p", choices=sorted(ASCEND_EXAMPLES),
+                        help="an Ascend job instead (rank table from the simulated device "
+                        "plugin; no training): 8p = 1 x 8 NPUs, 16p = 2 x 8")  # fmt: skip
     args = parser.parse_args(argv)
 
     say(
@@ -147,17 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.install_chart()
         operator = demo.start_operator(workdir)
-        write_digits(32)
-        name = demo.apply_example(args.epochs)
-        demo.train(name, workdir, args.timeout)
-        print()
-        say("kubectl get densenettrainings -n " + NAMESPACE)
-        print(demo.table())
-        status = demo.job_status(name)
-        if status.get("phase") != "Succeeded":
-            print(f"the job ended {status.get('phase')}: {status.get('message')}", file=sys.stderr)
-            return 1
-        return 0
+        if args.ascend:
+            example, nodes = ASCEND_EXAMPLES[args.ascend]
+            with product_nodes(cluster, nodes):
+                demo.ascend_job(example, timeout=min(args.timeout, 180))
+            return 0
+        return train_cpu_example(demo, workdir, args.epochs, args.timeout)
     finally:
         if operator is not None:
             operator.terminate()

@@ -3,13 +3,16 @@
 
 The cluster is the control plane of controlplane.py (kube-apiserver, kube-controller-manager,
 kube-scheduler, etcd and kwok-controller, built from Go modules, started by kwokctl) with the
-fake Ascend nodes of fakenodes.py. `start` starts it (or reuses it when it already runs) and
-waits until pods can be created; `stop` ends every process it started.
+fake Ascend nodes of fakenodes.py and the simulated Ascend device plugin of deviceplugin.py.
+`start` starts it (or reuses it when it already runs) and waits until pods can be created;
+`stop` ends every process it started.
 
     python hack/localcluster.py up [--name densenet] [--nodes 4]   # last line: kubeconfig path
+    python hack/localcluster.py up --products 910b=2,a3-superpod=2  # and nodes of other products
+    python hack/localcluster.py up --no-device-plugin              # pods stay unannotated
     python hack/localcluster.py status
     python hack/localcluster.py down
-    python hack/localcluster.py add-node NAME / delete-node NAME
+    python hack/localcluster.py add-node NAME [--product 910b] / delete-node NAME
 
 hack/cluster-up.sh and hack/cluster-down.sh run it with the project's venv (it needs psutil).
 """
@@ -22,7 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +57,33 @@ def start(
     *,
     bin_dir: Path | None = None,
     timeout: float = 180,
+    products: Mapping[str, int] | None = None,
+    device_plugin: bool | None = None,
 ) -> Cluster:
-    """Start the cluster, or reuse it when it already runs healthy; wait for nodes Ready."""
+    """Start the cluster, or reuse it when it already runs healthy; wait for nodes Ready.
+
+    `nodes` 910 nodes (`ascend-node-<i>`), plus `products[p]` nodes of each product p
+    (`ascend-<p>-<i>`, see fakenodes.PRODUCTS). The device plugin runs unless `device_plugin`
+    is False (None: unless DENSENET_DEVICE_PLUGIN=0).
+    """
     started = time.monotonic()
     with controlplane.locked(name):
-        cluster = controlplane.up(name, bin_dir=bin_dir, timeout=timeout)
+        cluster = controlplane.up(
+            name, bin_dir=bin_dir, timeout=timeout, device_plugin=device_plugin
+        )
         names = fakenodes.ensure_nodes(
             cluster, fakenodes.default_node_names(nodes), timeout=timeout
         )
+        for product, count in (products or {}).items():
+            names += fakenodes.ensure_product_nodes(cluster, product, count, timeout=timeout)
         wait_default_service_account(cluster.kubectl, "default", timeout)
     log(f"cluster {name!r} ready in {time.monotonic() - started:.1f} s: {cluster.kubeconfig}")
     return dataclasses.replace(cluster, nodes=names)
 
 
 def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
-    """Components (pid, running), health, and each node's readiness, IP, podCIDR and NPUs."""
+    """Components and the device plugin (pid, running), health, and each node's readiness, IP,
+    podCIDR, accelerator-type and NPUs."""
     info: dict[str, Any] = {
         "name": name,
         "workdir": str(controlplane.cluster_dir(name)),
@@ -86,18 +101,45 @@ def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
     return info
 
 
+def parse_products(text: str) -> dict[str, int]:
+    """ "910b=2,a3-superpod=2" -> {"910b": 2, "a3-superpod": 2}."""
+    products = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        product, _, count = item.partition("=")
+        fakenodes.find_product(product)
+        if not count.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: expected PRODUCT=COUNT")
+        products[product] = int(count)
+    return products
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default=os.environ.get("DENSENET_CLUSTER", DEFAULT_NAME))
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start (or reuse) the cluster; prints the kubeconfig path")
-    up.add_argument("--nodes", type=int, default=DEFAULT_NODES)
+    up.add_argument("--nodes", type=int, default=DEFAULT_NODES, help="910 nodes")
+    up.add_argument(
+        "--products",
+        type=parse_products,
+        default={},
+        help=f"more nodes: PRODUCT=COUNT,... ({', '.join(fakenodes.PRODUCTS)}); jobs "
+        "without a nodeSelector may land on them too",
+    )
+    up.add_argument(
+        "--no-device-plugin",
+        dest="device_plugin",
+        action="store_false",
+        default=None,
+        help="leave pods unannotated (default: DENSENET_DEVICE_PLUGIN)",
+    )
     sub.add_parser("down", help="stop the cluster and remove its state")
     sub.add_parser("status", help="components, health and nodes, as JSON")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
     add = sub.add_parser("add-node", help="add a fake Ascend node")
     add.add_argument("node")
-    add.add_argument("--npus", type=int, default=8)
+    add.add_argument("--product", choices=list(fakenodes.PRODUCTS), default="910")
+    add.add_argument("--npus", type=int, help="chips (default: the product's)")
     delete = sub.add_parser("delete-node", help="delete a node")
     delete.add_argument("node")
     delete.add_argument(
@@ -110,7 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "up":
-            print(start(args.name, args.nodes).kubeconfig)
+            cluster = start(
+                args.name, args.nodes, products=args.products, device_plugin=args.device_plugin
+            )
+            print(cluster.kubeconfig)
         elif args.command == "down":
             stop(args.name)
         elif args.command == "status":
@@ -120,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "kubeconfig":
             print(controlplane.kubeconfig_path(args.name))
         elif args.command == "add-node":
-            add_node(connect(args.name), args.node, npus=args.npus)
+            add_node(connect(args.name), args.node, product=args.product, npus=args.npus)
         elif args.command == "delete-node":
             delete_node(connect(args.name), args.node, gc_pods=args.gc_pods)
     except (ClusterError, TimedOut) as e:

@@ -1,12 +1,16 @@
 """Integration fixtures: the CRD installed into the local cluster and the operator running as a
-real process (`densenet-operator run`) against it."""
+real process (`densenet-operator run`) against it. The cluster's simulated Ascend device plugin
+(hack/deviceplugin.py) annotates the pods with their chips; `Jobs` can take it down and make
+chips' IPs unreadable, and `product_nodes` adds nodes of other Ascend products."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import deviceplugin
+import fakenodes
 import pytest
 from kubelet import set_pod_phase
 from localcluster import Cluster
@@ -42,6 +46,7 @@ class Jobs:
         # `cluster` is not used any more (kubectl is all it takes); callers may still pass it.
         self.kubectl = kubectl
         self.namespace = namespace
+        self.faults = False  # whether the test injected device-plugin faults
 
     def get(self, name: str) -> dict[str, Any]:
         return self.kubectl.json("get", "dnt", name, "-n", self.namespace)
@@ -71,26 +76,36 @@ class Jobs:
 
         return wait_for(ready, timeout=timeout, what=f"{count} running pods of {name}")
 
-    def annotate_devices(
-        self, pod: dict[str, Any], devices: int, *, device_ip: str | None = None
-    ) -> None:
-        """What the Ascend device plugin does when it allocates NPUs to a pod."""
-        index = int(pod["metadata"]["labels"][LABEL_REPLICA_INDEX])
-        config = {
-            "pod_name": pod["metadata"]["name"],
-            "server_id": pod["status"]["hostIP"],
-            "devices": [
-                {
-                    "device_id": str(d),
-                    "device_ip": device_ip or f"192.168.{100 + d % 4}.{10 + index}",
-                }
-                for d in range(devices)
-            ],
-        }
-        self.kubectl(
-            "annotate", "pod", pod["metadata"]["name"], "-n", self.namespace, "--overwrite",
-            f"{ASCEND_ANNOTATION}={json.dumps(config)}",
-        )  # fmt: skip
+    def device_plugin_down(self) -> None:
+        """The device plugin stops annotating pods, on every node, until `device_plugin_up`
+        (or the end of the test): a job's table then stays initializing."""
+        deviceplugin.set_plugin_down(self.kubectl, True)
+        self.faults = True
+
+    def device_plugin_up(self) -> None:
+        """The device plugin runs again and annotates the pods it skipped (after its delay)."""
+        deviceplugin.set_plugin_down(self.kubectl, False)
+
+    def chip_ips_down(self, chips: Iterable[int]) -> None:
+        """The device plugin cannot read these chips' IPs, on every node, and writes "-1" for
+        them (no chips: all readable again)."""
+        deviceplugin.set_chip_ips_down(self.kubectl, chips)
+        self.faults = True
+
+    def end_faults(self) -> None:
+        """The plugin up on every node and every chip's IP readable."""
+        if self.faults:
+            deviceplugin.set_plugin_down(self.kubectl, False)
+            deviceplugin.set_chip_ips_down(self.kubectl, ())
+            self.faults = False
+
+    def wait_rank_table(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        """The job's rank table once `completed` (the plugin annotated every pod)."""
+        return wait_for(
+            lambda: (t := self.rank_table(name)).get("status") == "completed" and t,
+            timeout=timeout,
+            what=f"the rank table of {name} to be completed",
+        )
 
     def rank_table(self, name: str) -> dict[str, Any]:
         configmap = self.kubectl.json(
@@ -104,5 +119,25 @@ class Jobs:
 
 
 @pytest.fixture
-def jobs(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> Jobs:
-    return Jobs(kubectl, namespace)
+def jobs(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> Iterator[Jobs]:
+    helper = Jobs(kubectl, namespace)
+    yield helper
+    helper.end_faults()  # faults a test injected end with it
+
+
+@pytest.fixture(scope="module")
+def product_nodes(cluster: Cluster) -> Iterator[Callable[..., tuple[str, ...]]]:
+    """`product_nodes("910b", 2)`: two Ready nodes of that Ascend product (fakenodes.PRODUCTS:
+    910, 910b, 910b-16, a3, a3-superpod; keyword `super_pod_size` for A3 super pods), named
+    `ascend-<product>-<i>`. The nodes this module added are deleted, with their pods, when the
+    module ends, so that jobs of other modules never land on them."""
+    before = {n["metadata"]["name"] for n in fakenodes.list_nodes(cluster)}
+    added: list[str] = []
+
+    def add(product: str, count: int = 1, **options: Any) -> tuple[str, ...]:
+        names = fakenodes.ensure_product_nodes(cluster, product, count, **options)
+        added.extend(n for n in names if n not in before and n not in added)
+        return names
+
+    yield add
+    fakenodes.delete_nodes(cluster, added)

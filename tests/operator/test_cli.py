@@ -47,6 +47,7 @@ def test_unreadable_input(capsys, monkeypatch):
 
 def test_check_rank_table_reports_what_hccl_would_refuse(capsys, monkeypatch):
     code, out, _ = run(capsys, monkeypatch, {"items": [make_pod(0), make_pod(1)]})
+    assert code == 0
     table = json.loads(out)
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO(json.dumps(table)))
     assert cli.main(["check-rank-table", "-"]) == 0

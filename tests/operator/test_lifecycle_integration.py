@@ -43,18 +43,16 @@ def test_a_killed_pod_restarts_the_whole_gang_which_then_succeeds(jobs: Jobs) ->
     jobs.kubectl.apply(small_job("gang", model="densenet161", data={"path": "/data"}, device={"type": "ascend"}),
                        "-n", jobs.namespace)  # fmt: skip
     pods = jobs.wait_running_pods("gang", 2)
-    for pod in pods:
-        jobs.annotate_devices(pod, 8)
     first = wait_for(lambda: (t := jobs.rank_table("gang")).get("status") == "completed" and t)
 
+    jobs.device_plugin_down()  # the new gang stays unannotated until it comes up below
     jobs.set_pod_phase(pods[1]["metadata"]["name"], "Failed", exit_code=137)  # OOM-killed
     # KWOK recreates a gang in milliseconds: the Restarting phase may be gone before a poll.
     wait_for(lambda: jobs.status("gang").get("restarts") == 1, what="the gang restart")
     assert "gang-worker-1 failed (exit code 137" in restart_events(jobs, "gang")[0]
     new_pods = wait_new_gang(jobs, "gang", uids(pods), 2)
     assert jobs.rank_table("gang")["status"] == "initializing"
-    for pod in new_pods:
-        jobs.annotate_devices(pod, 8)
+    jobs.device_plugin_up()
     second = wait_for(lambda: (t := jobs.rank_table("gang")).get("status") == "completed" and t)
     ordered = sorted(new_pods, key=lambda p: p["metadata"]["name"])
     assert [s["container_ip"] for s in second["server_list"]] == [

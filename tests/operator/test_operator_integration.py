@@ -30,6 +30,7 @@ def owned_by(obj: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def test_densenet161_8p_example_becomes_wired_pods_and_a_completed_rank_table(jobs: Jobs) -> None:
+    jobs.device_plugin_down()  # until it comes up below, the pod has no device annotation
     name = apply_file(jobs, EXAMPLES / "densenet161-8p.yaml")
     (pod,) = jobs.wait_running_pods(name, 1)
     job = jobs.get(name)
@@ -53,7 +54,7 @@ def test_densenet161_8p_example_becomes_wired_pods_and_a_completed_rank_table(jo
         what="status.rankTable.waitingFor to name the pod without devices",
     )
 
-    jobs.annotate_devices(pod, 8)
+    jobs.device_plugin_up()  # the simulated plugin annotates the pod with its 8 chips
     table = wait_for(
         lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
     )
@@ -89,8 +90,6 @@ def test_two_servers_make_sixteen_ranks_and_recreated_pods_regenerate_the_table(
     name = apply_file(jobs, EXAMPLES / "densenet161-16p.yaml")
     pods = jobs.wait_running_pods(name, 2)
     assert len({p["spec"]["nodeName"] for p in pods}) == 2  # 8 NPUs per node: one pod each
-    for pod in pods:
-        jobs.annotate_devices(pod, 8)
     table = wait_for(
         lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
     )
@@ -100,6 +99,7 @@ def test_two_servers_make_sixteen_ranks_and_recreated_pods_regenerate_the_table(
 
     # Deleting a pod of the running gang recreates the gang; the table goes back to initializing.
     old_uids = {p["metadata"]["uid"] for p in pods}
+    jobs.device_plugin_down()  # the new gang stays unannotated until it comes up below
     jobs.kubectl("delete", "pod", pods[1]["metadata"]["name"], "-n", jobs.namespace, "--wait=false")
     wait_for(lambda: jobs.rank_table(name).get("status") == "initializing", what="table reset")
 
@@ -113,8 +113,7 @@ def test_two_servers_make_sixteen_ranks_and_recreated_pods_regenerate_the_table(
     new_pods = wait_for(new_gang, timeout=90, what="the new gang")
     assert all(p["metadata"]["labels"]["training.densenet.dev/gang"] == "1" for p in new_pods)
     assert jobs.rank_table(name) == {"status": "initializing"}
-    for pod in new_pods:
-        jobs.annotate_devices(pod, 8)
+    jobs.device_plugin_up()
     table = wait_for(
         lambda: (t := jobs.rank_table(name)).get("status") == "completed" and t, what="table"
     )
@@ -128,9 +127,9 @@ def test_two_servers_make_sixteen_ranks_and_recreated_pods_regenerate_the_table(
 
 
 def test_a_bad_device_ip_is_never_published(jobs: Jobs) -> None:
+    jobs.chip_ips_down(range(8))  # the device plugin writes device_ip "-1" for every chip
     name = apply_file(jobs, EXAMPLES / "densenet161-8p.yaml")
-    (pod,) = jobs.wait_running_pods(name, 1)
-    jobs.annotate_devices(pod, 8, device_ip="-1")
+    jobs.wait_running_pods(name, 1)
     waiting = wait_for(
         lambda: any(
             "IP -1" in w for w in jobs.status(name).get("rankTable", {}).get("waitingFor", [])
