@@ -110,6 +110,11 @@ ENV_MEANINGS: dict[str, str] = {
     **{name: f"ascend only: `{value}`" for name, value in HCCL_ENV.items()},
 }
 
+# The trainer's exit code after a graceful stop (SIGTERM: it finished its step and saved a
+# checkpoint): sysexits' EX_TEMPFAIL, "try again". The operator counts it as a disruption,
+# never as a failure of the user's code.
+EXIT_STOPPED_ON_REQUEST = 75
+
 # ---------------------------------------------------------------- status.training
 
 
@@ -139,6 +144,13 @@ TRAINING_FIELDS: dict[str, TrainingField] = {
         TrainingField("acc5", float, "Acc@5 (%) of the last evaluation", decimals=2),
         TrainingField("bestAcc1", float, "best Acc@1 (%) so far", decimals=2),
         TrainingField("checkpoint", str, "path of the newest checkpoint", max_length=1024),
+        TrainingField(
+            "activity",
+            str,
+            "what rank 0 is doing: starting, training, evaluating, "
+            "checkpointing or stopping (a hung-gang check waits out all but training)",
+            max_length=32,
+        ),
         TrainingField(
             "updated", str, "time of the patch (RFC 3339)", format="date-time", max_length=64
         ),

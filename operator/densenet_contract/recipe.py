@@ -80,6 +80,19 @@ class Recipe:
         description="Seed of the weights, the data order and augmentation, the same on every "
         "restart of the gang, so that a resumed run sees the data order of an uninterrupted one.",
     )
+    checkpoint_every_steps: int | None = spec_field(
+        None,
+        minimum=1,
+        flag="--checkpoint-every-steps",
+        description="Also write a checkpoint every this many optimizer steps (long epochs): a "
+        "stop or a crash loses at most this much work. Default: at epoch ends only.",
+    )
+    checkpoint_every_minutes: float | None = spec_field(
+        None,
+        minimum=1,
+        flag="--checkpoint-every-minutes",
+        description="Also write a checkpoint when this many minutes passed since the last one.",
+    )
     extra_args: tuple[str, ...] = spec_field(
         (), description="More densenet-train flags, appended as they are."
     )

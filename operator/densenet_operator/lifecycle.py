@@ -9,7 +9,7 @@ count kept), and unit tests can drive every transition.
 A pass is a pipeline of named steps over one `Draft` (the status being written and the plan
 being built); a step that settles the pass returns True and the later steps do not run:
 
-    cross_check -> finished -> suspended -> deadline -> failures -> succeeded
+    cross_check -> finished -> suspended -> deadline -> failures -> stalled -> succeeded
                 -> converge_gang -> running_phase -> rank_table
 
 Gangs: pods carry the restart count they were created under (label `gang`). A restart first
@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from densenet_contract import EXIT_STOPPED_ON_REQUEST
 from densenet_operator import naming, ranktable
 from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
@@ -42,21 +43,14 @@ from densenet_operator.status import (
     set_phase_conditions,
 )
 
-# Pod-level reasons that say the infrastructure, not the training code, failed.
-INFRASTRUCTURE_REASONS = frozenset(
-    {
-        "Evicted",
-        "NodeLost",
-        "Shutdown",
-        "Terminated",
-        "UnexpectedAdmissionError",
-        "NodeShutdown",
-        "OOMKilled",
-        "DeadlineExceeded",
-        "Preempted",
-        "PodLost",
-    }
+# Pod-level reasons that say the infrastructure ended the pod: a disruption, never counted
+# against backoffLimit (with the DisruptionTarget condition, a vanished pod, and the trainer's
+# stopped-on-request exit).
+DISRUPTION_REASONS = frozenset(
+    {"Evicted", "NodeLost", "Shutdown", "Terminated", "NodeShutdown", "Preempted", "PodLost"}
 )
+# Failures that are retryable whatever the exit code, but count against backoffLimit.
+RETRYABLE_REASONS = frozenset({"UnexpectedAdmissionError", "OOMKilled", "DeadlineExceeded"})
 MAX_WAITING_SHOWN = 8
 MAX_WAITING_CHARS = 256  # each entry of rankTable.waitingFor
 MAX_MESSAGE_CHARS = 1024  # status messages and events: pods' and plugins' words are cut here
@@ -82,10 +76,12 @@ class Failure:
     exit_code: int | None
     reason: str
     retryable: bool
+    disruption: str | None = None  # set: the infrastructure ended the pod, not the user's code
 
     def describe(self) -> str:
         code = f"exit code {self.exit_code}" if self.exit_code is not None else "no exit code"
-        return f"pod {self.pod} failed ({code}, {self.reason})"
+        what = "was disrupted" if self.disruption else "failed"
+        return f"pod {self.pod} {what} ({code}, {self.reason})"
 
 
 @dataclass
@@ -99,17 +95,30 @@ class Plan:
     requeue_after: float | None = None
 
 
+def disruption_of(pod: PodRecord) -> str | None:
+    """The kind of disruption that ended `pod`, or None when it failed on its own."""
+    if pod.disruption:
+        return pod.disruption
+    if pod.exit_code == EXIT_STOPPED_ON_REQUEST:
+        return "StoppedOnRequest"
+    return pod.reason if pod.reason in DISRUPTION_REASONS else None
+
+
 def classify_failure(pod: PodRecord, policy: RunPolicy) -> Failure:
-    """Retryable (restart the gang) or permanent (fail the job), after Kubeflow's ExitCode policy:
-    signals and kills (128+, e.g. 137 for an OOM kill) and infrastructure reasons are
-    retryable; 1-127 come from the user's code and are permanent unless listed as retryable."""
+    """A disruption (restart the gang, not counted), or a failure: retryable (restart the gang)
+    or permanent (fail the job), after Kubeflow's ExitCode policy: signals and kills (128+, e.g.
+    137 for an OOM kill) and some reasons are retryable; 1-127 come from the user's code and
+    are permanent unless listed as retryable."""
     code = pod.exit_code
     reason = pod.reason or ("Error" if code else "PodFailed")
+    disruption = disruption_of(pod)
+    if disruption:
+        return Failure(pod.name, code, disruption, True, disruption)
     if policy.restart_policy == "Never":
         retryable = False
     elif (
         policy.restart_policy == "OnFailure"
-        or pod.reason in INFRASTRUCTURE_REASONS
+        or pod.reason in RETRYABLE_REASONS
         or code is None
         or code == 0
     ):
@@ -120,7 +129,8 @@ def classify_failure(pod: PodRecord, policy: RunPolicy) -> Failure:
 
 
 def _vanished(pod_name: str) -> Failure:
-    return Failure(pod_name, None, "pod disappeared (deleted, or its node was lost)", True)
+    return Failure(pod_name, None, "pod disappeared (deleted, or its node was lost)", True,
+                   "Vanished")  # fmt: skip
 
 
 def _order(pod: PodRecord) -> int:
@@ -134,13 +144,15 @@ class Draft:
     job: Job
     now: dt.datetime
     phase: str  # the phase so far in this pass
-    restarts: int
+    restarts: int  # gang restarts so far: the current gang's number, stamped on its pods
+    disruptions: int  # those of them for disruptions, which backoffLimit does not count
     status: dict[str, Any]  # the new status (the trainer's `training` block left out)
     conditions: list[dict[str, Any]]
     pods: Sequence[PodRecord]  # every pod of the job, terminating ones included
     published_table: str | None  # the rank table's current content
     plan: Plan = field(init=False)
     count_pods: bool = True  # a finished job's status keeps the counts it finished with
+    training: dict[str, Any] = field(default_factory=dict)  # the trainer's report, read only
 
     def __post_init__(self) -> None:
         self.plan = Plan(status=self.status)
@@ -155,11 +167,23 @@ class Draft:
         published_table: str | None,
     ) -> Draft:
         restarts = int(status.get("restarts") or 0)
+        disruptions = int(status.get("disruptions") or 0)
         new = {key: value for key, value in status.items() if key != "training"}
         new.update(worldSize=job.spec.world_size, observedGeneration=job.generation,
-                   restarts=restarts)  # fmt: skip
-        return cls(job, now, status.get("phase") or PENDING, restarts, new,
-                   list(status.get("conditions") or ()), pods, published_table)  # fmt: skip
+                   restarts=restarts, disruptions=disruptions)  # fmt: skip
+        return cls(job, now, status.get("phase") or PENDING, restarts, disruptions, new,
+                   list(status.get("conditions") or ()), pods, published_table,
+                   training=dict(status.get("training") or {}))  # fmt: skip
+
+    @property
+    def gang(self) -> int:
+        """The current gang's number, stamped on its pods: every restart so far."""
+        return self.restarts
+
+    @property
+    def failed_restarts(self) -> int:
+        """Restarts for failures of the user's code: what backoffLimit counts."""
+        return self.restarts - self.disruptions
 
     @property
     def policy(self) -> RunPolicy:
@@ -181,7 +205,7 @@ class Draft:
     @property
     def current(self) -> list[PodRecord]:
         """The live pods of the current gang."""
-        return [p for p in self.live if p.gang == self.restarts]
+        return [p for p in self.live if p.gang == self.gang]
 
     @property
     def by_index(self) -> dict[int, PodRecord]:
@@ -245,15 +269,19 @@ def _pods_to_clean(pods: Sequence[PodRecord], policy: str) -> list[str]:
 def cross_check(draft: Draft) -> bool:
     """A status the job's own pods contradict was not written by the operator: corrected.
 
-    The gang number must be that of the newest pods the job owns (or one more, mid-restart);
-    a finished phase needs its completion time, and Succeeded no pod of the gang still running.
+    The gang number (restarts) must be that of the newest pods the job owns (or one more,
+    mid-restart), and disruptions at most the restarts; a finished phase needs its completion
+    time, and Succeeded no pod of the gang still running.
     """
     corrections = []
     gangs = [p.gang for p in draft.pods if p.owner_uid == draft.job.ref.uid and p.gang is not None]
     if gangs and not max(gangs) <= draft.restarts <= max(gangs) + 1:
         corrections.append(f"restarts {draft.restarts} -> {max(gangs)} (the pods' gang)")
         draft.restarts = max(gangs)
-        draft.status["restarts"] = draft.restarts
+    if not 0 <= draft.disruptions <= draft.restarts:
+        corrections.append(f"disruptions {draft.disruptions} -> at most the restarts")
+        draft.disruptions = min(max(draft.disruptions, 0), draft.restarts)
+    draft.status.update(restarts=draft.restarts, disruptions=draft.disruptions)
     if draft.phase in FINISHED and _finish_contradicted(draft):
         corrections.append(f"phase {draft.phase} -> {PENDING} (the pods still run)")
         draft.phase = PENDING
@@ -338,16 +366,18 @@ def _current_failures(draft: Draft) -> list[Failure]:
 
 
 def failures(draft: Draft) -> bool:
-    """A failed (or vanished) pod of the current gang: restart the whole gang, or fail the job."""
+    """A failed, disrupted or vanished pod of the current gang: restart the whole gang, or fail
+    the job. Disruptions restart it without counting against backoffLimit."""
     found = _current_failures(draft)
     if not found:
         return False
-    policy, restarts = draft.policy, draft.restarts
-    failure = next((f for f in found if not f.retryable), found[0])
+    policy, restarts = draft.policy, draft.failed_restarts
+    own = [f for f in found if not f.disruption]
+    failure = next((f for f in own if not f.retryable), own[0] if own else found[0])
     if not failure.retryable:
         draft.finish(FAILED, "PermanentFailure", f"{failure.describe()}: not retryable under "
                      f"restartPolicy {policy.restart_policy}; restarts: {restarts}")  # fmt: skip
-    elif restarts >= policy.backoff_limit:
+    elif not failure.disruption and restarts >= policy.backoff_limit:
         draft.finish(FAILED, "BackoffLimitExceeded", f"{failure.describe()}; restarts: "
                      f"{restarts}, backoffLimit: {policy.backoff_limit}")  # fmt: skip
     else:
@@ -360,15 +390,89 @@ def restart_gang(draft: Draft, failure: Failure) -> None:
     # of an old gang, which the next pass deletes; never a lost count. The pods counted in
     # this status are still those of the gang that failed.
     counted = draft.current
-    draft.restarts += 1
-    draft.status.update(restarts=draft.restarts, lastRestartTime=format_time(draft.now))
     replicas, limit = draft.job.spec.replicas, draft.policy.backoff_limit
+    draft.restarts += 1
+    if failure.disruption:
+        draft.disruptions += 1
+        count = f"restart {draft.restarts}, a disruption: not counted against backoffLimit {limit}"
+    else:
+        count = f"restart {draft.failed_restarts} of {limit}"
+    draft.status.update(restarts=draft.restarts, disruptions=draft.disruptions,
+                        lastRestartTime=format_time(draft.now))  # fmt: skip
     draft.transition(RESTARTING, "GangRestart", f"{failure.describe()}: restarting all "
-                     f"{replicas} pod(s), restart {draft.restarts} of {limit}", "Warning")  # fmt: skip
+                     f"{replicas} pod(s), {count}", "Warning")  # fmt: skip
     draft.plan.delete = [p.name for p in draft.live]
     draft.reset_rank_table()
     draft.status["pods"] = pod_counts(counted)
     draft.count_pods = False
+
+
+STALLED = "Stalled"
+STALL_FLOOR_SECONDS = 600  # the default limit's floor: reports come every 10 s at least
+STALL_REPORTS = 10  # the default limit: this many report intervals of the measured step time
+
+
+def progress_limit(draft: Draft) -> float | None:
+    """Seconds without a progress report after which a training job is stalled: the spec's, or
+    STALL_REPORTS report intervals of the measured step time (never under the floor)."""
+    spec = draft.job.spec
+    if spec.run_policy.progress_deadline_seconds is not None:
+        return float(spec.run_policy.progress_deadline_seconds)
+    fps = draft.training.get("fps")
+    if not isinstance(fps, int | float) or fps <= 0:
+        return float(STALL_FLOOR_SECONDS)
+    step_seconds = spec.recipe.batch_size * spec.world_size / fps
+    interval = max(10.0, spec.recipe.print_freq * step_seconds)
+    return max(float(STALL_FLOOR_SECONDS), STALL_REPORTS * interval)
+
+
+def _stale_seconds(draft: Draft) -> float | None:
+    """How long the current gang's trainer has been silent while training, or None when it is
+    not judged (starting, evaluating, checkpointing, or a report of an earlier gang)."""
+    training = draft.training
+    updated = parse_time(training.get("updated"))
+    since = parse_time(draft.status.get("lastRestartTime")) or parse_time(
+        draft.status.get("startTime")
+    )
+    if draft.phase != RUNNING or training.get("activity") != "training" or updated is None:
+        return None
+    if since is not None and updated < since:
+        return None
+    return (draft.now - updated).total_seconds()
+
+
+def stalled(draft: Draft) -> bool:
+    """A gang that stopped making progress (a collective hung in HCCL/NCCL): a condition and an
+    event, and the gang restarted if runPolicy.onStall asks for it."""
+    stale, limit = _stale_seconds(draft), progress_limit(draft)
+    if stale is None or limit is None or stale < limit:
+        if stale is not None and limit is not None:
+            due = limit - stale + 1
+            draft.plan.requeue_after = min(draft.plan.requeue_after or due, due)
+        if any(c.get("type") == STALLED and c.get("status") == "True" for c in draft.conditions):
+            draft.conditions = set_condition(draft.conditions, STALLED, False, "Progressing",
+                                             "the trainer reports progress", draft.now)  # fmt: skip
+        return False
+    step = draft.training.get("step")
+    message = (
+        f"no training progress reported for {stale:.0f} s (limit {limit:.0f} s; last step {step})"
+    )
+    if not any(c.get("type") == STALLED and c.get("status") == "True" for c in draft.conditions):
+        draft.plan.events.append(Event("Warning", STALLED, message))
+    draft.conditions = set_condition(
+        draft.conditions, STALLED, True, "NoProgress", message, draft.now
+    )
+    action = draft.policy.on_stall
+    if action == "Report":
+        return False
+    disruption = STALLED if action == "RestartAsDisruption" else None
+    failure = Failure("of the gang", None, message, True, disruption)
+    if disruption is None and draft.failed_restarts >= draft.policy.backoff_limit:
+        draft.finish(FAILED, "BackoffLimitExceeded", f"{message}; restarts: "
+                     f"{draft.failed_restarts}, backoffLimit: {draft.policy.backoff_limit}")  # fmt: skip
+    else:
+        restart_gang(draft, failure)
+    return True
 
 
 def succeeded(draft: Draft) -> bool:
@@ -382,7 +486,7 @@ def succeeded(draft: Draft) -> bool:
 def converge_gang(draft: Draft) -> bool:
     """Old gangs' pods out, the current gang's missing pods in."""
     spec, plan, job_name = draft.job.spec, draft.plan, draft.job.ref.name
-    plan.delete = [p.name for p in draft.live if p.gang != draft.restarts]
+    plan.delete = [p.name for p in draft.live if p.gang != draft.gang]
     plan.delete += [p.name for p in draft.leftovers]
     # A name held by a pod no job owns is not skipped: creating it fails, and the reconciler
     # reports whose it is (ChildConflict). Never adopted.
@@ -417,7 +521,7 @@ def running_phase(draft: Draft) -> bool:
     ):
         if draft.phase == RESTARTING:
             draft.transition(RUNNING, "GangRestarted",
-                             f"all {replicas} pod(s) of restart {draft.restarts} are running")  # fmt: skip
+                             f"all {replicas} pod(s) of gang {draft.gang} are running")  # fmt: skip
         elif draft.phase != RUNNING:  # steady state keeps its reason (e.g. GangRestarted)
             draft.transition(RUNNING, "AllPodsRunning", f"all {replicas} pod(s) are running")
         return False
@@ -483,6 +587,7 @@ STEPS: tuple[Step, ...] = (
     suspended,
     deadline,
     failures,
+    stalled,
     succeeded,
     converge_gang,
     running_phase,

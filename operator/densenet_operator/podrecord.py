@@ -32,6 +32,20 @@ def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     )
 
 
+def _disruption(status: Mapping[str, Any]) -> str | None:
+    """Why the control plane is ending the pod, when it says (condition DisruptionTarget:
+    PreemptionByScheduler, EvictionByEvictionAPI, DeletionByTaintManager, DeletionByPodGC,
+    TerminationByKubelet)."""
+    return next(
+        (
+            c.get("reason") or "DisruptionTarget"
+            for c in status.get("conditions") or ()
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+
+
 def _unschedulable(status: Mapping[str, Any]) -> str | None:
     return next(
         (
@@ -70,6 +84,7 @@ class PodRecord:
     exit_code: int | None  # of the trainer container, once terminated
     reason: str | None
     unschedulable: str | None  # the scheduler's message while it cannot place the pod
+    disruption: str | None  # the DisruptionTarget condition's reason, when the control plane set it
     device_config: str | None  # the Ascend device plugin's annotation, as written
 
     @classmethod
@@ -93,6 +108,7 @@ class PodRecord:
             exit_code=terminated.get("exitCode") if terminated else None,
             reason=status.get("reason") or (terminated.get("reason") if terminated else None),
             unschedulable=_unschedulable(status),
+            disruption=_disruption(status),
             device_config=(metadata.get("annotations") or {}).get(naming.ASCEND_CONFIG_ANNOTATION),
         )
 

@@ -163,6 +163,8 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole gang; a kubelet restarting one rank would hang DDP.
         "restartPolicy": "Never",
+        # The trainer's graceful stop: finish the step, write a checkpoint, exit 75.
+        "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
         "hostname": name,
         "subdomain": naming.service_name(job.ref.name),
         "serviceAccountName": naming.service_account_name(job.ref.name),

@@ -20,6 +20,11 @@ from densenet_operator.ascend import PRODUCTS, Product, ProductName, describe_co
 __all__ = ["Job", "JobRef", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
 
 MAX_WORLD_SIZE = 16384
+# A DenseNet-161 checkpoint (weights + SGD momentum, fp32: about 230 MB) written to slow shared
+# storage (about 30 MB/s) takes under 10 s; with a step to finish and the process group to close,
+# two minutes leave a wide margin.
+DEFAULT_GRACE_SECONDS = 120
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 RESOURCE_NAME_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
@@ -167,6 +172,28 @@ class RunPolicy:
     )
     suspend: bool = spec_field(
         False, description="true deletes the pods and keeps the job; false brings the gang back."
+    )
+    termination_grace_period_seconds: int = spec_field(
+        DEFAULT_GRACE_SECONDS,
+        minimum=0,
+        maximum=3600,
+        description="The pods' terminationGracePeriodSeconds: on SIGTERM (deletion, eviction, "
+        "preemption, suspend, a gang restart) every rank finishes its step and rank 0 writes a "
+        "checkpoint within it. The default leaves room for a DenseNet-161 checkpoint on slow "
+        "shared storage.",
+    )
+    progress_deadline_seconds: int | None = spec_field(
+        None,
+        minimum=1,
+        description="A Running job whose trainer reports no progress for this long while "
+        "training is Stalled (condition and event). Default: from the measured step time, at "
+        f"least {DEFAULT_PROGRESS_DEADLINE_SECONDS} s. Never while starting, evaluating or "
+        "writing a checkpoint.",
+    )
+    on_stall: Literal["Report", "RestartAsDisruption", "RestartAsFailure"] = spec_field(
+        "Report",
+        description="What a stall does: Report only; restart the gang as a disruption (not "
+        "counted against backoffLimit), or as a failure (counted).",
     )
 
 

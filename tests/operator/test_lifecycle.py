@@ -159,7 +159,12 @@ def test_a_pod_that_vanishes_from_a_running_gang_restarts_it():
     job = make_job(replicas=2)
     result = plan(job, {"phase": "Running"}, [make_pod(0)])
     assert result.status["phase"] == "Restarting"
-    assert "pod dn161-worker-1 failed (no exit code, pod disappeared" in result.status["message"]
+    assert (
+        "pod dn161-worker-1 was disrupted (no exit code, pod disappeared"
+        in result.status["message"]
+    )
+    # A disruption: the gang restarts, the backoff budget is untouched.
+    assert (result.status["restarts"], result.status["disruptions"]) == (1, 1)
 
 
 def test_operator_restart_mid_creation_completes_the_gang_without_a_restart():

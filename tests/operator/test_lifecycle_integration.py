@@ -113,7 +113,9 @@ def test_losing_a_node_restarts_the_job_onto_the_remaining_capacity(
                           what="the restart after the node loss")  # fmt: skip
         assert status["restarts"] == 1
         restart = restart_events(jobs, "nodeloss")
-        assert restart and "pod nodeloss-worker-0 failed" in restart[0]
+        # A lost node is a disruption: the gang restarts, the backoff budget is untouched.
+        assert restart and "pod nodeloss-worker-0 was disrupted" in restart[0]
+        assert status["disruptions"] == 1
         (new_pod,) = wait_new_gang(jobs, "nodeloss", {pod["metadata"]["uid"]}, 1, timeout=120)
         assert new_pod["spec"]["nodeName"] != "ascend-spare"
     finally:

@@ -18,7 +18,7 @@ def draft(job=None, status=None, pods=(), table=lifecycle.INITIALIZING_TABLE):
 
 def test_the_pipeline_runs_its_steps_in_order():
     assert [s.__name__ for s in lifecycle.STEPS] == [
-        "cross_check", "finished", "suspended", "deadline", "failures", "succeeded", "converge_gang",
+        "cross_check", "finished", "suspended", "deadline", "failures", "stalled", "succeeded", "converge_gang",
         "running_phase", "rank_table",
     ]  # fmt: skip
 
@@ -119,3 +119,75 @@ def test_a_forged_success_does_not_delete_running_pods():
         make_job(), {"phase": "Succeeded"}, [PodRecord.from_pod(make_pod(0))], NOW
     )
     assert plan.delete == [] and plan.status["phase"] == "Running"
+
+
+def disrupted(index=0, **kw):
+    pod = make_pod(index, phase="Failed", exit_code=137, **kw)
+    pod["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                    "reason": "PreemptionByScheduler"}]  # fmt: skip
+    return pod
+
+
+def test_a_disruption_restarts_the_gang_without_spending_the_backoff_budget():
+    job = make_job(runPolicy={"backoffLimit": 1})
+    d = draft(job, {"phase": "Running", "restarts": 1, "disruptions": 0}, [disrupted(gang=1)])
+    assert lifecycle.failures(d) is True
+    assert (d.status["restarts"], d.status["disruptions"], d.phase) == (2, 1, "Restarting")
+    assert "PreemptionByScheduler" in d.status["message"] and "not counted" in d.status["message"]
+
+
+def test_a_graceful_stop_is_a_disruption_and_exit_1_still_fails_the_job():
+    stopped = draft(status={"phase": "Running"}, pods=[make_pod(0, phase="Failed", exit_code=75)])
+    lifecycle.failures(stopped)
+    assert stopped.status["disruptions"] == 1 and stopped.phase == "Restarting"
+    crashed = draft(status={"phase": "Running"}, pods=[make_pod(0, phase="Failed", exit_code=1)])
+    lifecycle.failures(crashed)
+    assert crashed.phase == "Failed" and crashed.status["reason"] == "PermanentFailure"
+
+
+def training(seconds_ago, activity="training", fps=100.0):
+    updated = (NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"activity": activity, "updated": updated, "fps": fps, "step": 42}
+
+
+def running_status(**extra):
+    return {"phase": "Running", "startTime": "2026-11-22T10:00:00Z", **extra}
+
+
+def test_a_silent_training_gang_is_stalled_after_its_deadline():
+    job = make_job(runPolicy={"progressDeadlineSeconds": 60})
+    quiet = draft(job, running_status(training=training(30)), [make_pod(0)])
+    assert lifecycle.stalled(quiet) is False and quiet.plan.requeue_after == 31
+    hung = draft(job, running_status(training=training(90)), [make_pod(0)])
+    assert lifecycle.stalled(hung) is False  # Report: a condition and an event only
+    assert [e.reason for e in hung.plan.events] == ["Stalled"]
+    assert (
+        "no training progress reported for 90 s (limit 60 s; last step 42)"
+        in hung.plan.events[0].message
+    )
+
+
+def test_a_stall_restarts_the_gang_as_the_user_chose():
+    job = make_job(runPolicy={"progressDeadlineSeconds": 60, "onStall": "RestartAsDisruption"})
+    d = draft(job, running_status(training=training(90)), [make_pod(0)])
+    assert lifecycle.stalled(d) is True
+    assert (d.status["restarts"], d.status["disruptions"]) == (1, 1)
+
+
+def test_a_gang_that_is_not_training_is_never_judged_stalled():
+    job = make_job(runPolicy={"progressDeadlineSeconds": 60, "onStall": "RestartAsFailure"})
+    for report, status in (
+        (training(900, activity="evaluating"), running_status()),
+        (training(900, activity="checkpointing"), running_status()),
+        (training(900), running_status(lastRestartTime="2026-11-22T11:59:00Z")),  # older gang
+    ):
+        d = draft(job, {**status, "training": report}, [make_pod(0)])
+        assert lifecycle.stalled(d) is False and not d.plan.events
+
+
+def test_the_default_deadline_follows_the_measured_step_time():
+    job = make_job(recipe={"printFreq": 100})  # 8 ranks x 128 at 100 img/s: 10.24 s a step
+    d = draft(job, running_status(training=training(0, fps=100.0)), [make_pod(0)])
+    assert lifecycle.progress_limit(d) == 10 * 100 * 10.24
+    fast = draft(make_job(), running_status(training=training(0, fps=1e6)), [make_pod(0)])
+    assert lifecycle.progress_limit(fast) == lifecycle.STALL_FLOOR_SECONDS

@@ -141,6 +141,9 @@ def test_a_bad_device_ip_is_never_published(jobs: Jobs) -> None:
 
 
 def small_job(name: str, **spec: Any) -> dict[str, Any]:
+    # KWOK removes a deleted pod at its deletionTimestamp, i.e. after the grace period: a short
+    # one keeps gang restarts quick (there is no trainer to stop gracefully here).
+    spec["runPolicy"] = {"terminationGracePeriodSeconds": 2, **spec.get("runPolicy", {})}
     return {
         "apiVersion": "training.densenet.dev/v1alpha1",
         "kind": "DenseNetTraining",

@@ -154,3 +154,9 @@ def test_a_volume_source_never_names_the_pod_s_volume():
     job = make_job(data={"path": "/d", "volume": {"persistentVolumeClaim": {"claimName": "c"}}})
     volumes = [v["name"] for v in pods.build_pod(job, 0)["spec"]["volumes"]]
     assert len(volumes) == len(set(volumes)) and "data" in volumes
+
+
+def test_pods_get_the_grace_period_of_a_graceful_stop():
+    assert pods.build_pod(make_job(), 0)["spec"]["terminationGracePeriodSeconds"] == 120
+    job = make_job(runPolicy={"terminationGracePeriodSeconds": 600})
+    assert pods.build_pod(job, 0)["spec"]["terminationGracePeriodSeconds"] == 600
