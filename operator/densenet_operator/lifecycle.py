@@ -21,13 +21,27 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from densenet_contract import EXIT_STOPPED_ON_REQUEST
 from densenet_operator import naming, ranktable
+from densenet_operator.draft import (
+    INITIALIZING_TABLE,
+    MAX_MESSAGE_CHARS,
+    MAX_WAITING_CHARS,
+    MAX_WAITING_SHOWN,
+    Draft,
+    Event,
+    Failure,
+    Plan,
+    by_replica_index,
+    cut,
+    pods_to_clean,
+    restart_gang,
+)
 from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
+from densenet_operator.stall import stalled
 from densenet_operator.status import (
     FAILED,
     FINISHED,
@@ -38,9 +52,7 @@ from densenet_operator.status import (
     SUSPENDED,
     format_time,
     parse_time,
-    pod_counts,
     set_condition,
-    set_phase_conditions,
 )
 
 # Pod-level reasons that say the infrastructure ended the pod: a disruption, never counted
@@ -51,48 +63,6 @@ DISRUPTION_REASONS = frozenset(
 )
 # Failures that are retryable whatever the exit code, but count against backoffLimit.
 RETRYABLE_REASONS = frozenset({"UnexpectedAdmissionError", "OOMKilled", "DeadlineExceeded"})
-MAX_WAITING_SHOWN = 8
-MAX_WAITING_CHARS = 256  # each entry of rankTable.waitingFor
-MAX_MESSAGE_CHARS = 1024  # status messages and events: pods' and plugins' words are cut here
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-INITIALIZING_TABLE = ranktable.dumps(ranktable.initializing_table())
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Failure:
-    pod: str
-    exit_code: int | None
-    reason: str
-    retryable: bool
-    disruption: str | None = None  # set: the infrastructure ended the pod, not the user's code
-
-    def describe(self) -> str:
-        code = f"exit code {self.exit_code}" if self.exit_code is not None else "no exit code"
-        what = "was disrupted" if self.disruption else "failed"
-        return f"pod {self.pod} {what} ({code}, {self.reason})"
-
-
-@dataclass
-class Plan:
-    status: dict[str, Any]
-    create: list[int] = field(default_factory=list)
-    delete: list[str] = field(default_factory=list)
-    rank_table: str | None = None
-    events: list[Event] = field(default_factory=list)
-    delete_job: bool = False
-    requeue_after: float | None = None
 
 
 def disruption_of(pod: PodRecord) -> str | None:
@@ -131,136 +101,6 @@ def classify_failure(pod: PodRecord, policy: RunPolicy) -> Failure:
 def _vanished(pod_name: str) -> Failure:
     return Failure(pod_name, None, "pod disappeared (deleted, or its node was lost)", True,
                    "Vanished")  # fmt: skip
-
-
-def _order(pod: PodRecord) -> int:
-    return pod.index if pod.index is not None else 1 << 30
-
-
-@dataclass
-class Draft:
-    """One pass: what was observed, the status being written and the plan being built."""
-
-    job: Job
-    now: dt.datetime
-    phase: str  # the phase so far in this pass
-    restarts: int  # gang restarts so far: the current gang's number, stamped on its pods
-    disruptions: int  # those of them for disruptions, which backoffLimit does not count
-    status: dict[str, Any]  # the new status (the trainer's `training` block left out)
-    conditions: list[dict[str, Any]]
-    pods: Sequence[PodRecord]  # every pod of the job, terminating ones included
-    published_table: str | None  # the rank table's current content
-    plan: Plan = field(init=False)
-    count_pods: bool = True  # a finished job's status keeps the counts it finished with
-    training: dict[str, Any] = field(default_factory=dict)  # the trainer's report, read only
-
-    def __post_init__(self) -> None:
-        self.plan = Plan(status=self.status)
-
-    @classmethod
-    def start(
-        cls,
-        job: Job,
-        status: Mapping[str, Any],
-        pods: Sequence[PodRecord],
-        now: dt.datetime,
-        published_table: str | None,
-    ) -> Draft:
-        restarts = int(status.get("restarts") or 0)
-        disruptions = int(status.get("disruptions") or 0)
-        new = {key: value for key, value in status.items() if key != "training"}
-        new.update(worldSize=job.spec.world_size, observedGeneration=job.generation,
-                   restarts=restarts, disruptions=disruptions)  # fmt: skip
-        return cls(job, now, status.get("phase") or PENDING, restarts, disruptions, new,
-                   list(status.get("conditions") or ()), pods, published_table,
-                   training=dict(status.get("training") or {}))  # fmt: skip
-
-    @property
-    def gang(self) -> int:
-        """The current gang's number, stamped on its pods: every restart so far."""
-        return self.restarts
-
-    @property
-    def failed_restarts(self) -> int:
-        """Restarts for failures of the user's code: what backoffLimit counts."""
-        return self.restarts - self.disruptions
-
-    @property
-    def policy(self) -> RunPolicy:
-        return self.job.spec.run_policy
-
-    @property
-    def live(self) -> list[PodRecord]:
-        """This job's own pods that are not being deleted (pods are matched by owner UID)."""
-        return [p for p in self.pods if not p.terminating and p.owner_uid == self.job.ref.uid]
-
-    @property
-    def leftovers(self) -> list[PodRecord]:
-        """Pods of a deleted job of the same name (the garbage collector lags): deleted."""
-        return [
-            p for p in self.pods
-            if not p.terminating and p.owner_uid not in (None, self.job.ref.uid)
-        ]  # fmt: skip
-
-    @property
-    def current(self) -> list[PodRecord]:
-        """The live pods of the current gang."""
-        return [p for p in self.live if p.gang == self.gang]
-
-    @property
-    def by_index(self) -> dict[int, PodRecord]:
-        return {p.index: p for p in self.current if p.index is not None}
-
-    def transition(
-        self, to: str, reason: str, message: str, event_type: str = "Normal", record: bool = True
-    ) -> None:
-        message = _cut(message, MAX_MESSAGE_CHARS)
-        if record and (to != self.phase or self.status.get("reason") != reason):
-            self.plan.events.append(Event(event_type, reason, message))
-        self.status.update(phase=to, reason=reason, message=message)
-        self.conditions = set_phase_conditions(self.conditions, to, reason, message, self.now)
-        self.phase = to
-
-    def finish(self, to: str, reason: str, message: str) -> None:
-        """Succeeded or Failed, with the pods cleanPodPolicy removes."""
-        self.transition(to, reason, message, "Normal" if to == SUCCEEDED else "Warning")
-        self.status["completionTime"] = format_time(self.now)
-        self.plan.delete = _pods_to_clean(self.live, self.policy.clean_pod_policy)
-
-    def set_rank_table(self, summary: dict[str, Any], table: str) -> None:
-        """The status's rankTable block, and the ConfigMap content when it changes."""
-        if not self.job.spec.uses_rank_table:
-            return
-        self.status["rankTable"] = summary
-        if table == INITIALIZING_TABLE:
-            # Written only when the ConfigMap says something else: once, not every pass.
-            if ranktable.table_status(self.published_table) != ranktable.INITIALIZING or (
-                self.published_table is None
-            ):
-                self.plan.rank_table = table
-        elif table != self.published_table:
-            self.plan.rank_table = table
-
-    def reset_rank_table(self) -> None:
-        self.set_rank_table(
-            {"status": ranktable.INITIALIZING, "waitingFor": [],
-             "message": "the gang is being (re)created"},
-            INITIALIZING_TABLE,
-        )  # fmt: skip
-
-    def close(self) -> Plan:
-        if self.count_pods:
-            self.status["pods"] = pod_counts(self.current)
-        self.status["conditions"] = self.conditions
-        return self.plan
-
-
-def _pods_to_clean(pods: Sequence[PodRecord], policy: str) -> list[str]:
-    if policy == "All":
-        return [p.name for p in pods]
-    if policy == "Running":
-        return [p.name for p in pods if p.phase not in (SUCCEEDED, FAILED)]
-    return []
 
 
 # ---------------------------------------------------------------- the steps
@@ -306,7 +146,7 @@ def finished(draft: Draft) -> bool:
         return False
     draft.count_pods = False
     policy, plan = draft.policy, draft.plan
-    plan.delete = _pods_to_clean(draft.live, policy.clean_pod_policy)
+    plan.delete = pods_to_clean(draft.live, policy.clean_pod_policy)
     finished_at = parse_time(draft.status.get("completionTime"))
     if policy.ttl_seconds_after_finished is None or finished_at is None:
         return True
@@ -351,7 +191,7 @@ def deadline(draft: Draft) -> bool:
 
 
 def _current_failures(draft: Draft) -> list[Failure]:
-    failed = [p for p in sorted(draft.current, key=_order) if p.phase == FAILED]
+    failed = [p for p in sorted(draft.current, key=by_replica_index) if p.phase == FAILED]
     failures = [classify_failure(p, draft.policy) for p in failed]
     # A missing pod is a loss only once the whole gang has been seen running; before that it
     # is still to be created (e.g. by an operator that was killed mid-creation).
@@ -380,96 +220,6 @@ def failures(draft: Draft) -> bool:
     elif not failure.disruption and restarts >= policy.backoff_limit:
         draft.finish(FAILED, "BackoffLimitExceeded", f"{failure.describe()}; restarts: "
                      f"{restarts}, backoffLimit: {policy.backoff_limit}")  # fmt: skip
-    else:
-        restart_gang(draft, failure)
-    return True
-
-
-def restart_gang(draft: Draft, failure: Failure) -> None:
-    # Status first (the reconciler writes it before deleting): a crash in between leaves pods
-    # of an old gang, which the next pass deletes; never a lost count. The pods counted in
-    # this status are still those of the gang that failed.
-    counted = draft.current
-    replicas, limit = draft.job.spec.replicas, draft.policy.backoff_limit
-    draft.restarts += 1
-    if failure.disruption:
-        draft.disruptions += 1
-        count = f"restart {draft.restarts}, a disruption: not counted against backoffLimit {limit}"
-    else:
-        count = f"restart {draft.failed_restarts} of {limit}"
-    draft.status.update(restarts=draft.restarts, disruptions=draft.disruptions,
-                        lastRestartTime=format_time(draft.now))  # fmt: skip
-    draft.transition(RESTARTING, "GangRestart", f"{failure.describe()}: restarting all "
-                     f"{replicas} pod(s), {count}", "Warning")  # fmt: skip
-    draft.plan.delete = [p.name for p in draft.live]
-    draft.reset_rank_table()
-    draft.status["pods"] = pod_counts(counted)
-    draft.count_pods = False
-
-
-STALLED = "Stalled"
-STALL_FLOOR_SECONDS = 600  # the default limit's floor: reports come every 10 s at least
-STALL_REPORTS = 10  # the default limit: this many report intervals of the measured step time
-
-
-def progress_limit(draft: Draft) -> float | None:
-    """Seconds without a progress report after which a training job is stalled: the spec's, or
-    STALL_REPORTS report intervals of the measured step time (never under the floor)."""
-    spec = draft.job.spec
-    if spec.run_policy.progress_deadline_seconds is not None:
-        return float(spec.run_policy.progress_deadline_seconds)
-    fps = draft.training.get("fps")
-    if not isinstance(fps, int | float) or fps <= 0:
-        return float(STALL_FLOOR_SECONDS)
-    step_seconds = spec.recipe.batch_size * spec.world_size / fps
-    interval = max(10.0, spec.recipe.print_freq * step_seconds)
-    return max(float(STALL_FLOOR_SECONDS), STALL_REPORTS * interval)
-
-
-def _stale_seconds(draft: Draft) -> float | None:
-    """How long the current gang's trainer has been silent while training, or None when it is
-    not judged (starting, evaluating, checkpointing, or a report of an earlier gang)."""
-    training = draft.training
-    updated = parse_time(training.get("updated"))
-    since = parse_time(draft.status.get("lastRestartTime")) or parse_time(
-        draft.status.get("startTime")
-    )
-    if draft.phase != RUNNING or training.get("activity") != "training" or updated is None:
-        return None
-    if since is not None and updated < since:
-        return None
-    return (draft.now - updated).total_seconds()
-
-
-def stalled(draft: Draft) -> bool:
-    """A gang that stopped making progress (a collective hung in HCCL/NCCL): a condition and an
-    event, and the gang restarted if runPolicy.onStall asks for it."""
-    stale, limit = _stale_seconds(draft), progress_limit(draft)
-    if stale is None or limit is None or stale < limit:
-        if stale is not None and limit is not None:
-            due = limit - stale + 1
-            draft.plan.requeue_after = min(draft.plan.requeue_after or due, due)
-        if any(c.get("type") == STALLED and c.get("status") == "True" for c in draft.conditions):
-            draft.conditions = set_condition(draft.conditions, STALLED, False, "Progressing",
-                                             "the trainer reports progress", draft.now)  # fmt: skip
-        return False
-    step = draft.training.get("step")
-    message = (
-        f"no training progress reported for {stale:.0f} s (limit {limit:.0f} s; last step {step})"
-    )
-    if not any(c.get("type") == STALLED and c.get("status") == "True" for c in draft.conditions):
-        draft.plan.events.append(Event("Warning", STALLED, message))
-    draft.conditions = set_condition(
-        draft.conditions, STALLED, True, "NoProgress", message, draft.now
-    )
-    action = draft.policy.on_stall
-    if action == "Report":
-        return False
-    disruption = STALLED if action == "RestartAsDisruption" else None
-    failure = Failure("of the gang", None, message, True, disruption)
-    if disruption is None and draft.failed_restarts >= draft.policy.backoff_limit:
-        draft.finish(FAILED, "BackoffLimitExceeded", f"{message}; restarts: "
-                     f"{draft.failed_restarts}, backoffLimit: {draft.policy.backoff_limit}")  # fmt: skip
     else:
         restart_gang(draft, failure)
     return True
@@ -536,7 +286,7 @@ def running_phase(draft: Draft) -> bool:
         reason, message = "PodsStarting", f"waiting for {waiting} of {replicas} pod(s) to run"
     if draft.phase == RESTARTING:
         draft.status.update(
-            phase=RESTARTING, reason="GangRestart", message=_cut(message, MAX_MESSAGE_CHARS)
+            phase=RESTARTING, reason="GangRestart", message=cut(message, MAX_MESSAGE_CHARS)
         )
     else:
         # Waiting for pods to start is no news; being unschedulable is.
@@ -556,7 +306,7 @@ def rank_table(draft: Draft) -> bool:
             pod_names=[naming.pod_name(job_name, i) for i in range(spec.replicas)],
         )  # fmt: skip
     except ranktable.RankTableIncomplete as incomplete:
-        waiting = [_cut(w, MAX_WAITING_CHARS) for w in incomplete.waiting_for]
+        waiting = [cut(w, MAX_WAITING_CHARS) for w in incomplete.waiting_for]
         shown = waiting[:MAX_WAITING_SHOWN]
         if len(waiting) > len(shown):
             shown.append(f"... and {len(waiting) - len(shown)} more")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from densenet_operator import lifecycle
+from densenet_operator import lifecycle, stall
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import make_job, make_pod
 
@@ -157,9 +157,9 @@ def running_status(**extra):
 def test_a_silent_training_gang_is_stalled_after_its_deadline():
     job = make_job(runPolicy={"progressDeadlineSeconds": 60})
     quiet = draft(job, running_status(training=training(30)), [make_pod(0)])
-    assert lifecycle.stalled(quiet) is False and quiet.plan.requeue_after == 31
+    assert stall.stalled(quiet) is False and quiet.plan.requeue_after == 31
     hung = draft(job, running_status(training=training(90)), [make_pod(0)])
-    assert lifecycle.stalled(hung) is False  # Report: a condition and an event only
+    assert stall.stalled(hung) is False  # Report: a condition and an event only
     assert [e.reason for e in hung.plan.events] == ["Stalled"]
     assert (
         "no training progress reported for 90 s (limit 60 s; last step 42)"
@@ -170,7 +170,7 @@ def test_a_silent_training_gang_is_stalled_after_its_deadline():
 def test_a_stall_restarts_the_gang_as_the_user_chose():
     job = make_job(runPolicy={"progressDeadlineSeconds": 60, "onStall": "RestartAsDisruption"})
     d = draft(job, running_status(training=training(90)), [make_pod(0)])
-    assert lifecycle.stalled(d) is True
+    assert stall.stalled(d) is True
     assert (d.status["restarts"], d.status["disruptions"]) == (1, 1)
 
 
@@ -182,12 +182,12 @@ def test_a_gang_that_is_not_training_is_never_judged_stalled():
         (training(900), running_status(lastRestartTime="2026-11-22T11:59:00Z")),  # older gang
     ):
         d = draft(job, {**status, "training": report}, [make_pod(0)])
-        assert lifecycle.stalled(d) is False and not d.plan.events
+        assert stall.stalled(d) is False and not d.plan.events
 
 
 def test_the_default_deadline_follows_the_measured_step_time():
     job = make_job(recipe={"printFreq": 100})  # 8 ranks x 128 at 100 img/s: 10.24 s a step
     d = draft(job, running_status(training=training(0, fps=100.0)), [make_pod(0)])
-    assert lifecycle.progress_limit(d) == 10 * 100 * 10.24
+    assert stall.progress_limit(d) == 10 * 100 * 10.24
     fast = draft(make_job(), running_status(training=training(0, fps=1e6)), [make_pod(0)])
-    assert lifecycle.progress_limit(fast) == lifecycle.STALL_FLOOR_SECONDS
+    assert stall.progress_limit(fast) == stall.STALL_FLOOR_SECONDS
