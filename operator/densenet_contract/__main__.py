@@ -57,9 +57,11 @@ makes a restarted gang continue from the newest checkpoint.
 {recipe}
 
 `densenet-train launch` waits, when `{contract.Env.RANK_TABLE_FILE}` is set, until the table's
-`status` is `{contract.RANK_TABLE_COMPLETED}`, then execs `python -m torch.distributed.run -m
-densenet_trainer.train` with the arguments unchanged: torchrun reads its topology from the
-`PET_*` variables above.
+`status` is `{contract.RANK_TABLE_COMPLETED}`, then runs `python -m torch.distributed.run -m
+densenet_trainer.train` as its child with the arguments unchanged (torchrun reads its topology
+from the `PET_*` variables above). It passes the first SIGTERM on: every rank finishes its step,
+rank 0 writes a checkpoint, and the container exits `{contract.EXIT_STOPPED_ON_REQUEST}` (stopped
+on request), which the operator counts as a disruption, not a failure.
 
 ## What the trainer writes back
 Rank 0 merge-patches `status.training` through the `status` subresource:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,30 @@ def run_cli(
     if check and proc.returncode != 0:
         pytest.fail(f"{args} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
     return proc
+
+
+def wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str], limit: float = 300) -> None:
+    """Wait until ``path`` (a --loss-log) has ``count`` lines; fail if ``proc`` ends first."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{path} never had {count} lines:\n{proc.communicate()[0][-5000:]}")
+
+
+class RecordingReporter:
+    """A progress reporter that keeps every update, in order, with its force flag."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[dict[str, Any], bool]] = []
+
+    def update(self, fields: Mapping[str, Any], *, force: bool = False) -> None:
+        self.updates.append((dict(fields), force))
+
+    def close(self, timeout: float = 10.0) -> bool:
+        return True
 
 
 def launch_env(nproc: int) -> dict[str, str]:

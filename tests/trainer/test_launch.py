@@ -2,21 +2,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from densenet_contract import Env
+from densenet_contract import EXIT_STOPPED_ON_REQUEST, Env
 from densenet_trainer import launch
+from densenet_trainer.flags import DEFAULT_STOP_TIMEOUT
 from densenet_trainer.launch import (
     RankTableTimeout,
     build_torchrun_args,
     main,
     wait_for_rank_table,
 )
+from densenet_trainer.stopping import STOPPED_DIR_ENV, read_stop_markers, write_stop_marker
 
 from .conftest import DENSENET_TRAIN, launch_env, run_cli
 
@@ -42,22 +46,22 @@ def test_torchrun_runs_the_training_module_with_the_training_args_untouched() ->
 
 
 class Exec(Exception):
-    """Raised by a stand-in for os.execve: what the launcher would have become."""
+    """Raised by a stand-in for run_torchrun: what the launcher would have run."""
 
-    def __init__(self, path: str, argv: list[str], env: dict[str, str]):
-        super().__init__(path)
-        self.path, self.argv, self.env = path, argv, env
+    def __init__(self, argv: list[str], env: dict[str, str], stopped_dir: str):
+        super().__init__(argv[0])
+        self.path, self.argv, self.env, self.stopped_dir = argv[0], argv, env, stopped_dir
 
 
 @pytest.fixture
 def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
-    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
-        raise Exec(path, argv, env)
+    def run_torchrun(argv: list[str], env: dict[str, str], stopped_dir: str) -> int:
+        raise Exec(list(argv), dict(env), stopped_dir)
 
-    monkeypatch.setattr(launch.os, "execve", execve)
+    monkeypatch.setattr(launch, "run_torchrun", run_torchrun)
 
 
-def test_launch_execs_torchrun_with_the_pod_env_and_its_own_flags_left_out(
+def test_launch_runs_torchrun_with_the_pod_env_and_its_own_flags_left_out(
     no_exec: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def no_wait(*args: object, **kwargs: object) -> None:
@@ -74,8 +78,78 @@ def test_launch_execs_torchrun_with_the_pod_env_and_its_own_flags_left_out(
         *RECIPE,
         *("--lr", "0.8"),
     ]
-    assert ex.value.env == POD_ENV  # torchrun reads its topology from PET_*
+    # torchrun reads its topology from PET_*; the launcher adds where the ranks report a
+    # graceful stop, and a shutdown timeout that leaves them time to save
+    assert ex.value.env == {
+        **POD_ENV,
+        STOPPED_DIR_ENV: ex.value.stopped_dir,
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(DEFAULT_STOP_TIMEOUT),
+    }
     assert "PET_NNODES=2 PET_NODE_RANK=1 PET_NPROC_PER_NODE=8" in caplog.text
+
+
+def test_the_stop_timeout_is_the_flag_else_torchruns_variable_else_the_default(
+    no_exec: None,
+) -> None:
+    def env_of(argv: list[str], env: dict[str, str]) -> dict[str, str]:
+        with pytest.raises(Exec) as ex:
+            main([*argv, *RECIPE], env=env)
+        return ex.value.env
+
+    key = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+    assert env_of(["--stop-timeout", "120"], {**POD_ENV, key: "60"})[key] == "120"
+    assert env_of([], {**POD_ENV, key: "60"})[key] == "60"
+    assert env_of([], POD_ENV)[key] == str(DEFAULT_STOP_TIMEOUT)
+
+
+def marker(rank: int, local_world_size: int) -> dict[str, object]:
+    return {"rank": rank, "local_world_size": local_world_size, "step": 7, "checkpoint": None}
+
+
+def test_the_exit_code_is_75_only_when_every_local_rank_stopped_on_request() -> None:
+    both = [marker(0, 2), marker(1, 2)]
+    assert launch.exit_code(1, [signal.SIGTERM], both) == EXIT_STOPPED_ON_REQUEST
+    assert launch.exit_code(1, [], both) == EXIT_STOPPED_ON_REQUEST  # another pod was asked
+    # one rank crashed instead: a signal says disruption (128 + its number), else torchrun's code
+    assert launch.exit_code(1, [signal.SIGTERM], both[:1]) == 128 + signal.SIGTERM
+    assert launch.exit_code(1, [], both[:1]) == 1
+    assert launch.exit_code(0, [], []) == 0
+    assert launch.exit_code(-9, [], []) == 128 + 9  # torchrun itself was killed
+
+
+def test_markers_round_trip(tmp_path: Path) -> None:
+    env = {STOPPED_DIR_ENV: str(tmp_path), "RANK": "3", "LOCAL_WORLD_SIZE": "2"}
+    write_stop_marker(env, 42, "/ckpt/x.pth")
+    assert read_stop_markers(tmp_path) == [
+        {"rank": 3, "local_world_size": 2, "step": 42, "checkpoint": "/ckpt/x.pth"}
+    ]
+    assert write_stop_marker({}, 42, None) is None  # no launcher: no marker
+
+
+SLEEPER = """
+import os, signal, sys, time
+from pathlib import Path
+def stop(signum, frame):
+    Path(os.environ["DENSENET_STOPPED_DIR"], "stopped-rank0.json").write_text(
+        '{"rank": 0, "local_world_size": 1, "step": 3, "checkpoint": null}')
+    sys.exit(1)  # as torchrun does after its children stopped: its own code is 1
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_run_torchrun_forwards_sigterm_and_maps_the_markers_to_75(tmp_path: Path) -> None:
+    """A stand-in for torchrun that leaves the marker when it gets the forwarded SIGTERM."""
+    env = {**os.environ, STOPPED_DIR_ENV: str(tmp_path)}
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()  # this process plays the launcher: the signal comes to it
+    try:
+        code = launch.run_torchrun([sys.executable, "-c", SLEEPER], env, str(tmp_path))
+    finally:
+        timer.cancel()
+    assert code == EXIT_STOPPED_ON_REQUEST
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
 def test_launch_waits_for_the_rank_table_only_when_rank_table_file_is_set(
@@ -172,7 +246,7 @@ STEP_LINE = re.compile(r"step: (\d+) epoch: 1 FPS: ([\d.]+) loss: [\d.]+ lr: [\d
 
 
 def test_launch_runs_a_synthetic_performance_job_on_two_cpu_ranks() -> None:
-    """The pod entrypoint end to end: exec torchrun, 2 gloo ranks, FPS lines on rank 0."""
+    """The pod entrypoint end to end: torchrun, 2 gloo ranks, FPS lines on rank 0."""
     out = run_cli(
         [
             DENSENET_TRAIN,
@@ -199,7 +273,7 @@ def test_launch_runs_a_synthetic_performance_job_on_two_cpu_ranks() -> None:
         ],
         env=launch_env(2),
     ).stdout
-    assert f"{sys.executable} -m torch.distributed.run -m densenet_trainer.train" in out
+    assert f"run {sys.executable} -m torch.distributed.run -m densenet_trainer.train" in out
     assert "densenet121 on 2 x cpu (backend gloo), mode performance" in out
     steps = [int(m[1]) for m in STEP_LINE.finditer(out)]
     assert steps == [4, 8, 12]

@@ -10,6 +10,8 @@ import pytest
 
 from densenet_contract import TRAINING_FIELDS
 from densenet_trainer.progress import (
+    ACTIVITIES,
+    Activity,
     NullReporter,
     ProgressReporter,
     clean_fields,
@@ -17,7 +19,7 @@ from densenet_trainer.progress import (
     reporter_from_env,
 )
 
-from .conftest import WAIT_LIMIT, FakeApiServer, write_kubeconfig
+from .conftest import WAIT_LIMIT, FakeApiServer, RecordingReporter, write_kubeconfig
 
 STATUS_PATH = "/apis/training.densenet.dev/v1alpha1/namespaces/team-a/densenettrainings/dn/status"
 
@@ -168,3 +170,23 @@ def test_the_fields_their_types_and_digits_are_the_contracts() -> None:
         assert type(cleaned[name]) is field.type, name
         if field.decimals is not None:
             assert cleaned[name] == round(value, field.decimals), name
+
+
+def test_activity_changes_are_forced_and_repetitions_dropped() -> None:
+    updates = RecordingReporter()
+    activity = Activity(updates)
+    for value in ("starting", "training", "training", "checkpointing", "training"):
+        activity.set(value)
+    activity.set("stopping", {"step": 7})
+    assert updates.updates == [
+        ({"activity": "starting"}, True),
+        ({"activity": "training"}, True),
+        ({"activity": "checkpointing"}, True),
+        ({"activity": "training"}, True),
+        ({"step": 7, "activity": "stopping"}, True),
+    ]
+    with pytest.raises(ValueError, match="unknown activity"):
+        activity.set("sleeping")
+    # the contract describes exactly these values, and the field takes them
+    assert all(value in TRAINING_FIELDS["activity"].meaning for value in ACTIVITIES)
+    assert clean_fields({"activity": "training"}) == {"activity": "training"}

@@ -54,9 +54,10 @@ def test_train_resume_and_evaluate_in_one_process(
 
     assert main([*common, "--resume", "auto", "--lr-schedule", "cosine"]) == 0
     log = capsys.readouterr().out
-    # the epoch cut short is run again from its start, on the schedule's epoch boundary
-    assert "1 epochs completed, continuing at epoch 2" in log
-    assert "step: 4 epoch: 2" in log
+    # the epoch cut short continues at its next step: nothing is trained twice
+    assert "1 epochs completed, continuing at epoch 2 at its step 2 of 3 (global step 5)" in log
+    assert "step: 4 epoch: 2" not in log
+    assert "step: 5 epoch: 2" in log
     final = load_checkpoint(list_checkpoints(ckpt)[-1])
     assert (final["epochs_completed"], final["step"]) == (3, 9)
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0)  # cosine ended
@@ -102,6 +103,7 @@ def test_training_reports_the_contract_fields(
         "acc5",
         "bestAcc1",
         "checkpoint",
+        "activity",
         "updated",
     }
     assert (merged["epoch"], merged["totalEpochs"], merged["step"]) == (2, 2, 6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import re
 import tempfile
 from collections.abc import Mapping
@@ -102,6 +103,28 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return removed
+
+
+def capture_rng_state(device_type: str) -> dict[str, Any]:
+    """This process's random generators: torch's CPU one, the device's, Python's ``random``
+    (the trainer uses no numpy randomness)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    elif device_type == "npu":
+        state["npu"] = torch.npu.get_rng_state_all()  # type: ignore[attr-defined]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any], device_type: str) -> None:
+    """Put the generators back where :func:`capture_rng_state` found them."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device_type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    elif device_type == "npu" and "npu" in state:
+        torch.npu.set_rng_state_all(state["npu"])  # type: ignore[attr-defined]
 
 
 def plain_args(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import datasets, transforms
 
 from densenet_trainer.distributed import DistContext
+from densenet_trainer.stopping import ignore_stop_signals_in_loader_worker
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,6 +34,8 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 MAX_CONSECUTIVE_DECODE_FAILURES = 16
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+# What the training sampler yields and the training dataset takes: (epoch, sample index).
+SampleKey = tuple[int, int]
 
 
 def val_resize_size(image_size: int) -> int:
@@ -130,6 +137,79 @@ class UnpaddedDistributedSampler(Sampler[int]):
         return len(self.indices)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random transforms: a function of (seed, epoch, index) only,
+    never of which loader process drew the sample or what it drew before."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # torch.manual_seed takes < 2**63
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's CPU generator and Python's ``random`` seeded with ``seed`` inside, and back to
+    their previous states after (with --workers 0 this runs in the training process)."""
+    torch_state = torch.get_rng_state()
+    python_state = random.getstate()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+
+
+class SeededSamples(Dataset[Any]):
+    """Wraps a dataset so that item ``(epoch, index)`` is ``dataset[index]`` drawn with the
+    random transforms seeded by :func:`sample_seed`: a resumed run sees exactly the augmented
+    images of an uninterrupted one, whatever the number of loader processes."""
+
+    def __init__(self, dataset: Dataset[Any], seed: int):
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> Any:
+        epoch, index = key
+        with seeded_rng(sample_seed(self.seed, epoch, index)):
+            return self.dataset[index]
+
+
+class ResumableDistributedSampler(DistributedSampler[int]):
+    """DistributedSampler's order (one permutation per epoch from seed + epoch, padded, split
+    by rank), yielding ``(epoch, index)`` keys, and able to start an epoch at ``position``:
+    the samples this rank already trained are skipped without being loaded."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.position = 0
+
+    def set_epoch(self, epoch: int, position: int = 0) -> None:
+        """The next pass is epoch ``epoch`` from this rank's ``position``-th sample on."""
+        if not 0 <= position <= self.num_samples:
+            raise ValueError(f"position {position} outside the epoch's {self.num_samples}")
+        super().set_epoch(epoch)
+        self.position = position
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.position :]
+        return ((self.epoch, index) for index in indices)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.position
+
+    def state(self) -> dict[str, int]:
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "num_replicas": self.num_replicas,
+            "num_samples": self.num_samples,
+        }
+
+
 def _loader_kwargs(loader_workers: int, device: torch.device) -> dict[str, object]:
     """DataLoader settings; ``loader_workers`` are its processes (0: load in this process)."""
     kwargs: dict[str, object] = {
@@ -139,6 +219,7 @@ def _loader_kwargs(loader_workers: int, device: torch.device) -> dict[str, objec
         # Keeping loader workers across epochs avoids re-forking (and re-importing) each epoch.
         "persistent_workers": loader_workers > 0,
         "collate_fn": collate_skipping_failed,
+        "worker_init_fn": ignore_stop_signals_in_loader_worker,
     }
     if loader_workers > 0:
         kwargs["prefetch_factor"] = 4
@@ -153,23 +234,18 @@ def build_train_loader(
     ctx: DistContext,
     seed: int | None,
     min_crop_scale: float = 0.08,
-) -> tuple[DataLoader[Batch], DecodeTolerantImageFolder, DistributedSampler[int]]:
+) -> tuple[DataLoader[Batch], DecodeTolerantImageFolder, ResumableDistributedSampler]:
+    """The training loader: ``seed`` (0 when None) orders the samples and seeds each one's
+    augmentation (:class:`SeededSamples`); the sampler can start an epoch mid-way."""
     dataset = DecodeTolerantImageFolder(
         Path(root) / "train", train_transform(image_size, min_crop_scale), replace_failed=True
     )
-    sampler: DistributedSampler[int] = DistributedSampler(
-        dataset,
-        num_replicas=ctx.world_size,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=0 if seed is None else seed,
-    )
-    generator = None
-    if seed is not None:
-        generator = torch.Generator()
-        generator.manual_seed(seed + ctx.rank)
+    seed = 0 if seed is None else seed
+    sampler = ResumableDistributedSampler(dataset, ctx.world_size, ctx.rank, seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed + ctx.rank)  # loader-process seeds; augmentation has its own
     loader: DataLoader[Batch] = DataLoader(
-        dataset,  # type: ignore[arg-type]
+        SeededSamples(dataset, seed),
         batch_size=batch_size,
         sampler=sampler,
         # Every rank then runs the same number of equal-sized steps, and no step sees a
@@ -222,6 +298,7 @@ class SyntheticBatches:
     device: torch.device
     channels_last: bool = False
     seed: int = 0
+    position: int = 0  # steps of the current epoch already trained (a mid-epoch resume)
 
     def __post_init__(self) -> None:
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
@@ -235,8 +312,8 @@ class SyntheticBatches:
         self.targets = targets.to(self.device)
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps - self.position
 
     def __iter__(self) -> Iterator[Batch]:
-        for _ in range(self.steps):
+        for _ in range(len(self)):
             yield self.images, self.targets, []

@@ -252,6 +252,7 @@ class TrainEpochResult:
     images: int  # images this rank trained after the warm-up steps (0: fps is a raw rate)
     reached_max_steps: bool
     failed_images: set[str] = field(default_factory=set)
+    stopped: bool = False  # on_step ended the epoch early (a stop on request)
 
 
 def _progress_bar(total: int | None, enabled: bool, description: str) -> Any:
@@ -350,7 +351,9 @@ class EpochProgress:
         self.interval_loss.zero_()
         self.interval_steps = 0
 
-    def result(self, global_step: int, lr: float, reached_max_steps: bool) -> TrainEpochResult:
+    def result(
+        self, global_step: int, lr: float, reached_max_steps: bool, stopped: bool = False
+    ) -> TrainEpochResult:
         synchronize(self.ctx.device)
         mean_loss = float(self.epoch_loss.item()) / self.steps if self.steps else self.last_loss
         # An epoch that ended within its warm-up has no steady-state measurement; report the
@@ -366,6 +369,7 @@ class EpochProgress:
             images=self.measured.images,
             reached_max_steps=reached_max_steps,
             failed_images=self.failed,
+            stopped=stopped,
         )
 
 
@@ -408,19 +412,22 @@ def train_one_epoch(
     max_train_steps: int | None = None,
     on_log: Callable[[dict[str, float | int]], None] | None = None,
     progress_bar: bool = False,
+    on_step: Callable[[int, torch.Tensor], bool] | None = None,
 ) -> TrainEpochResult:
     """Train ``model`` for one pass over ``data_loader`` (or until ``max_train_steps``).
 
     ``epoch`` is 0-based; log lines show it 1-based. ``on_log`` receives each logged
-    interval's metrics (the progress reporter's feed) and must not block.
+    interval's metrics (the progress reporter's feed) and must not block. ``on_step`` is
+    called after every optimizer step with the global step and its loss (on the device);
+    returning True ends the epoch there (a stop on request).
     """
     model.train()
     steps_in_epoch = len(data_loader) if isinstance(data_loader, Sized) else None
     progress = EpochProgress(ctx, epoch, steps_in_epoch, on_log)
     bar = _progress_bar(steps_in_epoch, progress_bar and ctx.is_main, f"epoch {epoch + 1}")
-    reached_max_steps = False
+    reached_max_steps = stopped = False
     batches = iter(data_loader)
-    while not reached_max_steps:
+    while not (reached_max_steps or stopped):
         wait_start = time.perf_counter()
         try:
             images, targets, failed_paths = next(batches)
@@ -435,6 +442,8 @@ def train_one_epoch(
             bar.update(1)
         progress.step_done(global_step, optimizer.param_groups[0]["lr"], print_freq)
         reached_max_steps = max_train_steps is not None and global_step >= max_train_steps
+        stopped = on_step is not None and on_step(global_step, loss)
     if bar is not None:
         bar.close()
-    return progress.result(global_step, optimizer.param_groups[0]["lr"], reached_max_steps)
+    lr = optimizer.param_groups[0]["lr"]
+    return progress.result(global_step, lr, reached_max_steps, stopped)

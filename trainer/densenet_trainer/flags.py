@@ -30,6 +30,8 @@ DEFAULT_ARCH = "densenet161"  # seed 000's model (spec.model has no default: it 
 SYNTHETIC_STEPS = 100
 DEFAULT_RANK_TABLE_TIMEOUT = 300.0  # Huawei's script: 60 polls x 5 s
 DEFAULT_RANK_TABLE_POLL_INTERVAL = 5.0
+# torchrun's own default (30 s) could kill a rank that is still writing its checkpoint.
+DEFAULT_STOP_TIMEOUT = 900
 NOTICES = "seed_notices"  # the Namespace attribute holding the seed flags' notices
 
 _BACKENDS = ", ".join(
@@ -76,6 +78,13 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
@@ -394,22 +403,43 @@ def _add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
         "--log_dir",
         metavar="DIR",
         default=None,
-        help="write a checkpoint after every epoch and at the end, plus model_best.pth "
-        "(seed 002's --log_dir: its checkpoints went there; the log goes to stdout)",
+        help="write a checkpoint after every epoch, at the end and on a graceful stop "
+        "(SIGTERM), plus model_best.pth (seed 002's --log_dir: its checkpoints went there; the "
+        "log goes to stdout)",
     )
     ckpt.add_argument(
         "--resume",
         metavar="PATH|auto",
         default=None,
         help="continue from a checkpoint file, or 'auto' for the newest one in --checkpoint-dir "
-        "(starting fresh when there is none); training resumes at the next epoch",
+        "(starting fresh when there is none); training resumes at the step after the "
+        "checkpoint's, mid-epoch too (checkpoints of older versions: at the next epoch)",
     )
     ckpt.add_argument(
         "--keep-checkpoints",
         type=non_negative_int,
         default=3,
         metavar="N",
-        help="keep the newest N epoch checkpoints (0 keeps all); model_best.pth is always kept",
+        help="keep the newest N checkpoints (0 keeps all); model_best.pth is always kept",
+    )
+    every = {
+        "steps": (positive_int, "N", "after every N-th global optimizer step"),
+        "minutes": (positive_float, "M", "when M minutes (rank 0's clock) passed since the last"),
+    }
+    for unit, (kind, metavar, when) in every.items():
+        ckpt.add_argument(
+            f"--checkpoint-every-{unit}",
+            type=kind,
+            default=getattr(DEFAULTS, f"checkpoint_every_{unit}"),
+            metavar=metavar,
+            help=f"also write a checkpoint {when}",
+        )
+    ckpt.add_argument(
+        "--loss-log",
+        metavar="PATH",
+        default=None,
+        help="rank 0 appends one JSON line per optimizer step: "
+        '{"step": N, "epoch": E, "loss": L, "lr": R} (a device sync per step: for checks)',
     )
 
 
@@ -514,7 +544,8 @@ def build_launch_parser() -> argparse.ArgumentParser:
         prog="densenet-train launch",
         description=(
             "Pod entrypoint: wait for the Ascend rank table when RANK_TABLE_FILE is set, then "
-            "exec torchrun, which reads its topology from the PET_NNODES, PET_NODE_RANK, "
+            "run torchrun (forwarding SIGTERM and SIGINT to it; exit code 75 when every local "
+            "training process stopped on request and saved), which reads its topology from the PET_NNODES, PET_NODE_RANK, "
             "PET_NPROC_PER_NODE, PET_MASTER_ADDR and PET_MASTER_PORT the operator sets (one "
             "node, one process without them). All other flags are training flags "
             "(densenet-train --help), passed on as they are."
@@ -535,5 +566,15 @@ def build_launch_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RANK_TABLE_POLL_INTERVAL,
         metavar="SECONDS",
         help="seconds between reads of RANK_TABLE_FILE",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=non_negative_int,
+        default=None,
+        metavar="SECONDS",
+        help="after SIGTERM, how long torchrun lets the training processes finish their step "
+        "and checkpoint before it kills them (torchrun's TORCH_ELASTIC_SHUTDOWN_TIMEOUT; "
+        f"default: that variable, else {DEFAULT_STOP_TIMEOUT}: the pod's "
+        "terminationGracePeriodSeconds is then what bounds a graceful stop)",
     )
     return parser

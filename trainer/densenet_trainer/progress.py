@@ -65,6 +65,34 @@ class Reporter(Protocol):
     def close(self, timeout: float = 10.0) -> bool: ...
 
 
+# status.training.activity: what rank 0 is doing. The operator's hung-gang check judges a job
+# only while it is "training" (loader start-up, compilation, evaluation and checkpoint writes
+# may be long without any step).
+STARTING = "starting"
+TRAINING = "training"
+EVALUATING = "evaluating"
+CHECKPOINTING = "checkpointing"
+STOPPING = "stopping"
+ACTIVITIES = (STARTING, TRAINING, EVALUATING, CHECKPOINTING, STOPPING)
+
+
+class Activity:
+    """Reports ``activity`` through a reporter: each change is sent at once (forced), a
+    repetition not at all."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.current: str | None = None
+
+    def set(self, activity: str, fields: Mapping[str, Any] | None = None) -> None:
+        if activity not in ACTIVITIES:
+            raise ValueError(f"unknown activity {activity!r}")
+        if activity == self.current:
+            return
+        self.current = activity
+        self.reporter.update({**(fields or {}), "activity": activity}, force=True)
+
+
 class NullReporter:
     """For ranks other than 0, and runs outside a cluster."""
 

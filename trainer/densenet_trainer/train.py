@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 from collections.abc import Iterable, Sequence
@@ -21,8 +22,10 @@ import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from densenet_contract import EXIT_STOPPED_ON_REQUEST
 from densenet_trainer.checkpoint import (
     BEST_MODEL_NAME,
+    capture_rng_state,
     checkpoint_name,
     extract_state_dict,
     load_checkpoint,
@@ -30,13 +33,17 @@ from densenet_trainer.checkpoint import (
     load_pretrained,
     plain_args,
     prune_checkpoints,
+    restore_rng_state,
     save_atomic,
 )
+from densenet_trainer.control import LossLog, StepControl
 from densenet_trainer.data import SyntheticBatches, build_train_loader, build_val_loader
 from densenet_trainer.distributed import (
     DistContext,
+    barrier,
     broadcast_buffers,
     cleanup,
+    gather_objects,
     gather_union,
     setup_distributed,
 )
@@ -52,15 +59,33 @@ from densenet_trainer.engine import (
     train_one_epoch,
 )
 from densenet_trainer.flags import NOTICES, parse_args
-from densenet_trainer.progress import NullReporter, Reporter, reporter_from_env
+from densenet_trainer.progress import (
+    CHECKPOINTING,
+    EVALUATING,
+    STARTING,
+    STOPPING,
+    TRAINING,
+    Activity,
+    NullReporter,
+    Reporter,
+    reporter_from_env,
+)
+from densenet_trainer.stopping import (
+    CheckpointTriggers,
+    StopRequest,
+    remove_stale_temp_files,
+    write_stop_marker,
+)
 
 logger = logging.getLogger("densenet_trainer")
 
 STATUS_CLOSE_TIMEOUT = 10.0
+# Temporary files of checkpoint writes older than this are left over from a killed writer.
+STALE_TEMP_SECONDS = 300.0
 SYNTHETIC_NUM_CLASSES = 1000
 # What a checkpoint holds beyond the weights, only to continue training (model_best.pth,
 # meant for evaluation and fine-tuning, leaves it out).
-RESUME_ONLY_KEYS = ("optimizer", "lr_scheduler", "scaler")
+RESUME_ONLY_KEYS = ("optimizer", "lr_scheduler", "scaler", "sampler", "rng")
 
 
 def configure_logging(rank: int) -> None:
@@ -142,6 +167,26 @@ class Data:
     val_loader: Any = None
     num_classes: int = 0
     classes: list[str] | None = None
+    batch_size: int = 0
+
+    def start_epoch(self, epoch: int, step_in_epoch: int) -> None:
+        """The next pass over the training data is epoch ``epoch`` after ``step_in_epoch``
+        steps of it: the samples those steps trained are skipped, not loaded."""
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch, position=step_in_epoch * self.batch_size)
+        elif isinstance(self.train_loader, SyntheticBatches):
+            self.train_loader.position = step_in_epoch
+
+    def sampler_state(self, epoch: int, step_in_epoch: int) -> dict[str, int] | None:
+        if self.train_sampler is None:
+            return None
+        return {
+            "seed": self.train_sampler.seed,
+            "epoch": epoch,
+            "position": step_in_epoch * self.batch_size,
+            "num_replicas": self.train_sampler.num_replicas,
+            "batch_size": self.batch_size,
+        }
 
 
 def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) -> Data:
@@ -149,7 +194,7 @@ def build_data(args: argparse.Namespace, ctx: DistContext, channels_last: bool) 
     evaluates = args.mode in ("evaluate", "train_and_evaluate")
     if args.synthetic:
         return synthetic_data(args, ctx, channels_last, trains, evaluates)
-    data = Data()
+    data = Data(batch_size=args.batch_size)
     class_lists = []
     if trains:
         data.train_loader, train_set, data.train_sampler = build_train_loader(
@@ -199,6 +244,7 @@ def synthetic_data(
         train_loader=batches(args.synthetic_steps, 0) if trains else None,
         val_loader=batches(max(1, args.synthetic_steps // 10), 1_000_003) if evaluates else None,
         num_classes=num_classes,
+        batch_size=args.batch_size,
     )
 
 
@@ -221,9 +267,12 @@ class TrainingState:
     epochs_completed: int = 0  # also the 0-based index of the next epoch
     global_step: int = 0
     best_acc1: float | None = None
+    step_in_epoch: int = 0  # optimizer steps done of epoch `epochs_completed`
+    saved_step: int | None = None  # global step of the newest checkpoint
 
     def checkpoint(self, args: argparse.Namespace, evaluation: EvalResult | None) -> dict[str, Any]:
-        """The checkpoint of this state; without RESUME_ONLY_KEYS it is model_best.pth."""
+        """The checkpoint of this state; without RESUME_ONLY_KEYS it is model_best.pth.
+        save() adds each rank's random generators ("rng"), "world_size" and "reason"."""
         return {
             "model": self.model_without_ddp.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -232,6 +281,9 @@ class TrainingState:
             "epoch": self.epochs_completed - 1,  # index of the last completed epoch
             "epochs_completed": self.epochs_completed,
             "step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "sampler": self.data.sampler_state(self.epochs_completed, self.step_in_epoch),
             "best_acc1": self.best_acc1,
             "acc1": evaluation.acc1 if evaluation else None,
             "acc5": evaluation.acc5 if evaluation else None,
@@ -241,18 +293,54 @@ class TrainingState:
             "args": plain_args({k: v for k, v in vars(args).items() if k != NOTICES}),
         }
 
-    def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Continue where ``checkpoint`` (one with RESUME_ONLY_KEYS) ended."""
+    def restore(self, checkpoint: dict[str, Any], ctx: DistContext) -> None:
+        """Continue where ``checkpoint`` (one with RESUME_ONLY_KEYS) ended: at its very step
+        when it can (:func:`exact_resume_refusal`), else at the start of its epoch."""
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if self.scaler.is_enabled() and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.epochs_completed = int(checkpoint["epoch"]) + 1
-        self.global_step = self.epochs_completed * self.steps_per_epoch
         self.best_acc1 = checkpoint.get("best_acc1")
+        self.saved_step = checkpoint.get("step")
+        refusal = exact_resume_refusal(checkpoint, self, ctx)
+        if refusal is None:
+            self.global_step = int(checkpoint["step"])
+            self.step_in_epoch = int(checkpoint["step_in_epoch"])
+            restore_rng_state(checkpoint["rng"][ctx.rank], ctx.device.type)
+            return
+        if checkpoint.get("step_in_epoch"):
+            logger.warning(
+                "cannot continue epoch %d at its step %d (%s): it restarts from its beginning",
+                self.epochs_completed + 1,
+                checkpoint["step_in_epoch"] + 1,
+                refusal,
+            )
+        self.step_in_epoch = 0
+        self.global_step = self.epochs_completed * self.steps_per_epoch
         # An epoch cut short restarts from its beginning; realigning the schedule to the
         # epoch boundary also keeps it right if the world size (steps/epoch) changed.
         seek_lr_scheduler(self.lr_scheduler, self.global_step)
+
+
+def exact_resume_refusal(
+    checkpoint: dict[str, Any], state: TrainingState, ctx: DistContext
+) -> str | None:
+    """Why ``checkpoint`` cannot continue at its exact step here (None: it can)."""
+    if "step_in_epoch" not in checkpoint or "rng" not in checkpoint:
+        return "a checkpoint without the position in its epoch"
+    if checkpoint.get("world_size") != ctx.world_size or len(checkpoint["rng"]) != ctx.world_size:
+        return f"saved by {checkpoint.get('world_size')} ranks, now {ctx.world_size}"
+    if checkpoint.get("steps_per_epoch") != state.steps_per_epoch:
+        return (
+            f"{checkpoint.get('steps_per_epoch')} steps per epoch then, {state.steps_per_epoch} now"
+        )
+    saved, now = checkpoint.get("sampler"), state.data.sampler_state(0, 0)
+    if saved is not None and now is not None:
+        for key in ("seed", "batch_size"):
+            if saved.get(key) != now[key]:
+                return f"data {key} {saved.get(key)} then, {now[key]} now"
+    return None
 
 
 def configure(args: argparse.Namespace, ctx: DistContext) -> tuple[AmpSettings, bool]:
@@ -335,7 +423,7 @@ def find_resume_checkpoint(args: argparse.Namespace) -> tuple[Path, dict[str, An
     return path, load_checkpoint(path)
 
 
-def resume(args: argparse.Namespace, state: TrainingState) -> None:
+def resume(args: argparse.Namespace, ctx: DistContext, state: TrainingState) -> None:
     """Load --resume into ``state``: the weights, and to train on, the rest of the state."""
     if args.mode == "performance":
         if args.resume:
@@ -355,12 +443,19 @@ def resume(args: argparse.Namespace, state: TrainingState) -> None:
         logger.info("loaded %s (epochs completed: %s)", path, completed)
         return
     if "optimizer" in checkpoint:
-        state.restore(checkpoint)
+        state.restore(checkpoint, ctx)
+    within = ""
+    if state.step_in_epoch:
+        within = (
+            f" at its step {state.step_in_epoch + 1} of {state.steps_per_epoch} "
+            f"(global step {state.global_step + 1})"
+        )
     logger.info(
-        "resumed from %s: %d epochs completed, continuing at epoch %d",
+        "resumed from %s: %d epochs completed, continuing at epoch %d%s",
         path,
         state.epochs_completed,
         state.epochs_completed + 1,
+        within,
     )
 
 
@@ -425,19 +520,37 @@ def evaluate_only(ctx: DistContext, state: TrainingState, reporter: Reporter) ->
 # ---------------------------------------------------------------- the epochs
 
 
-def train_epoch(
-    args: argparse.Namespace,
-    ctx: DistContext,
-    state: TrainingState,
-    reporter: Reporter,
-    epoch: int,
-) -> TrainEpochResult:
-    """engine.train_one_epoch on ``state``, advancing its step and epoch counters."""
-    if state.data.train_sampler is not None:
-        state.data.train_sampler.set_epoch(epoch)
+@dataclass
+class Loop:
+    """A training run's moving parts besides its state: where it reports, how the ranks
+    agree between steps, and the optional loss log."""
+
+    args: argparse.Namespace
+    ctx: DistContext
+    state: TrainingState
+    reporter: Reporter
+    activity: Activity
+    control: StepControl
+    loss_log: LossLog
+    last_checkpoint: Path | None = None
+
+
+def writes_checkpoints(args: argparse.Namespace) -> bool:
+    return args.mode != "performance" and args.checkpoint_dir is not None
+
+
+def train_epoch(loop: Loop, epoch: int) -> TrainEpochResult:
+    """engine.train_one_epoch on the state, from its position in ``epoch`` on; advances the
+    step and epoch counters. A stop on request leaves the epoch open (even after its last
+    step: a resumed run then evaluates and checkpoints it)."""
+    state = loop.state
+    state.data.start_epoch(epoch, state.step_in_epoch)
 
     def report_interval(metrics: dict[str, float | int]) -> None:
-        reporter.update({**metrics, "epoch": epoch})
+        loop.reporter.update({**metrics, "epoch": epoch})
+
+    def on_step(global_step: int, loss: torch.Tensor) -> bool:
+        return after_step(loop, epoch, global_step, loss)
 
     result = train_one_epoch(
         state.model,
@@ -446,19 +559,46 @@ def train_epoch(
         state.lr_scheduler,
         state.scaler,
         state.data.train_loader,
-        ctx=ctx,
+        ctx=loop.ctx,
         epoch=epoch,
         global_step=state.global_step,
         amp=state.amp,
         channels_last=state.channels_last,
-        print_freq=args.print_freq,
-        max_train_steps=args.max_train_steps,
+        print_freq=loop.args.print_freq,
+        max_train_steps=loop.args.max_train_steps,
         on_log=report_interval,
         progress_bar=sys.stderr.isatty(),
+        on_step=on_step,
     )
+    result.stopped = result.stopped and not result.reached_max_steps  # done beats stopped
     state.global_step = result.global_step
-    state.epochs_completed = epoch + 1 if result.steps >= state.steps_per_epoch else epoch
+    if state.step_in_epoch >= state.steps_per_epoch and not result.stopped:
+        state.epochs_completed = epoch + 1
+        state.step_in_epoch = 0
     return result
+
+
+def after_step(loop: Loop, epoch: int, global_step: int, loss: torch.Tensor) -> bool:
+    """Between two steps, on every rank: count the step, log its loss, and do what all
+    ranks agree on (a periodic checkpoint); True: stop here."""
+    state = loop.state
+    state.global_step = global_step
+    state.step_in_epoch += 1
+    loop.loss_log.write(global_step, epoch, loss, state.optimizer.param_groups[0]["lr"])
+    loop.activity.set(TRAINING)
+    decision = loop.control.decide(global_step)
+    max_steps = loop.args.max_train_steps
+    ends_epoch = state.step_in_epoch >= state.steps_per_epoch or (
+        max_steps is not None and global_step >= max_steps
+    )
+    # The end of an epoch saves anyway (after its evaluation), and so does a stop.
+    if decision.checkpoint and not decision.stop and not ends_epoch:
+        if writes_checkpoints(loop.args):
+            loop.activity.set(CHECKPOINTING)
+        path = save(loop, None, "periodic")
+        if path is not None:
+            loop.reporter.update({"checkpoint": str(path), "step": global_step}, force=True)
+    return decision.stop
 
 
 def evaluate_epoch(
@@ -473,23 +613,31 @@ def evaluate_epoch(
     return evaluation
 
 
-def save(
-    args: argparse.Namespace,
-    ctx: DistContext,
-    state: TrainingState,
-    evaluation: EvalResult | None,
-) -> Path | None:
-    """Track the best Acc@1; rank 0 writes the epoch's checkpoint (and model_best.pth when
-    this evaluation is the best so far) into --checkpoint-dir. Returns the checkpoint's path."""
+def save(loop: Loop, evaluation: EvalResult | None, reason: str) -> Path | None:
+    """On every rank (it gathers the ranks' random generators): track the best Acc@1; rank 0
+    writes the checkpoint (and model_best.pth when this evaluation is the best so far) into
+    --checkpoint-dir. ``reason``: epoch, max-train-steps, periodic or stop. Returns the
+    checkpoint's path."""
+    args, ctx, state = loop.args, loop.ctx, loop.state
     is_best = evaluation is not None and (
         state.best_acc1 is None or evaluation.acc1 > state.best_acc1
     )
     if evaluation is not None and is_best:
         state.best_acc1 = evaluation.acc1
-    if not ctx.is_main or args.mode == "performance" or args.checkpoint_dir is None:
+    state.saved_step = state.global_step
+    loop.control.triggers.saved()
+    if not writes_checkpoints(args):
+        return None
+    rng = gather_objects(capture_rng_state(ctx.device.type), ctx)
+    if not ctx.is_main:
         return None
     directory = Path(args.checkpoint_dir)
-    checkpoint = state.checkpoint(args, evaluation)
+    checkpoint = {
+        **state.checkpoint(args, evaluation),
+        "rng": rng,
+        "world_size": ctx.world_size,
+        "reason": reason,
+    }
     if evaluation is not None and is_best:
         best = {key: value for key, value in checkpoint.items() if key not in RESUME_ONLY_KEYS}
         path = save_atomic(best, directory / BEST_MODEL_NAME)
@@ -498,8 +646,37 @@ def save(
         checkpoint, directory / checkpoint_name(state.epochs_completed, state.global_step)
     )
     prune_checkpoints(directory, args.keep_checkpoints)
-    logger.info("saved checkpoint %s", path)
+    logger.info("saved checkpoint %s (%s)", path, reason)
+    loop.last_checkpoint = path
     return path
+
+
+def stop_on_request(loop: Loop) -> int:
+    """Every rank, after the step all agreed on: rank 0 saves (unless the newest checkpoint
+    is of this very step), everyone waits for it, and the run ends with
+    EXIT_STOPPED_ON_REQUEST."""
+    state = loop.state
+    loop.activity.set(STOPPING, {"step": state.global_step})
+    if state.saved_step != state.global_step and state.global_step > 0:
+        save(loop, None, "stop")
+    barrier(loop.ctx)  # no rank leaves before the checkpoint is complete
+    stop = loop.control.stop
+    stop.stopped_at = state.global_step
+    stop.checkpoint = str(loop.last_checkpoint) if loop.last_checkpoint else None
+    logger.info(
+        "stopped on request after step %d (epoch %d, %d of its %d steps done); "
+        "work since the checkpoint: %d steps; checkpoint: %s; exit %d",
+        state.global_step,
+        state.epochs_completed + 1,
+        state.step_in_epoch,
+        state.steps_per_epoch,
+        state.global_step - (state.saved_step or 0),
+        stop.checkpoint or "none (no --checkpoint-dir, or performance mode)",
+        EXIT_STOPPED_ON_REQUEST,
+    )
+    if stop.checkpoint:
+        loop.reporter.update({"checkpoint": stop.checkpoint, "step": state.global_step}, force=True)
+    return EXIT_STOPPED_ON_REQUEST
 
 
 def log_epoch(
@@ -516,7 +693,7 @@ def log_epoch(
         f"loss: {result.loss:.4f} FPS: {result.fps:.1f} "
         f"data-wait: {100 * result.data_wait_share:.1f}%"
     )
-    if result.steps < state.steps_per_epoch:
+    if state.epochs_completed <= epoch:
         parts.append(f"(stopped at --max-train-steps {args.max_train_steps})")
     logger.info(" ".join(parts))
 
@@ -567,28 +744,43 @@ def log_summary(
     )
 
 
-def train(
-    args: argparse.Namespace, ctx: DistContext, state: TrainingState, reporter: Reporter
-) -> int:
-    """Epochs from ``state.epochs_completed`` to --epochs (or to --max-train-steps)."""
+def finish_epoch(loop: Loop, epoch: int, result: TrainEpochResult, failed_images: set[str]) -> None:
+    """Evaluate (train_and_evaluate), save, log and report the end of ``epoch``."""
+    args, ctx, state = loop.args, loop.ctx, loop.state
+    evaluation = None
+    if args.mode == "train_and_evaluate":
+        loop.activity.set(EVALUATING)
+        evaluation = evaluate_epoch(ctx, state, failed_images, epoch)
+    if writes_checkpoints(args):
+        loop.activity.set(CHECKPOINTING)
+    reason = "epoch" if state.epochs_completed > epoch else "max-train-steps"
+    checkpoint_path = save(loop, evaluation, reason)
+    log_epoch(args, state, epoch, result, evaluation)
+    loop.reporter.update(epoch_status(state, result, evaluation, checkpoint_path), force=True)
+
+
+def train(loop: Loop) -> int:
+    """Epochs from the state's position to --epochs (or to --max-train-steps); 0 when done,
+    EXIT_STOPPED_ON_REQUEST after a graceful stop."""
+    args, ctx, state = loop.args, loop.ctx, loop.state
     failed_images: set[str] = set()
     measured: list[TrainEpochResult] = []
-    reporter.update(
+    loop.reporter.update(
         {"totalEpochs": args.epochs, "epoch": state.epochs_completed, "step": state.global_step}
     )
     for epoch in range(state.epochs_completed, args.epochs):
         if args.max_train_steps is not None and state.global_step >= args.max_train_steps:
             break
-        result = train_epoch(args, ctx, state, reporter, epoch)
+        # A request that came during start-up, evaluation or a save stops before the epoch.
+        if loop.control.decide(state.global_step, after_step=False).stop:
+            return stop_on_request(loop)
+        result = train_epoch(loop, epoch)
         if result.images:
             measured.append(result)
         collect_failed_images(failed_images, result.failed_images, ctx, f"epoch {epoch + 1}")
-        evaluation = None
-        if args.mode == "train_and_evaluate":
-            evaluation = evaluate_epoch(ctx, state, failed_images, epoch)
-        checkpoint_path = save(args, ctx, state, evaluation)
-        log_epoch(args, state, epoch, result, evaluation)
-        reporter.update(epoch_status(state, result, evaluation, checkpoint_path), force=True)
+        if result.stopped:
+            return stop_on_request(loop)
+        finish_epoch(loop, epoch, result, failed_images)
         if result.reached_max_steps:
             break
     log_summary(args, ctx, state, measured)
@@ -601,31 +793,49 @@ def train(
 
 def run(args: argparse.Namespace, reporter: Reporter | None = None) -> int:
     """Train or evaluate as ``args`` say; ``reporter`` replaces the progress reporter from the
-    environment (bench/trainer_bench.py records each epoch's FPS through it)."""
+    environment (bench/trainer_bench.py records each epoch's FPS through it). Returns the
+    exit code: 0, or EXIT_STOPPED_ON_REQUEST after a graceful stop (SIGTERM, SIGINT)."""
     ctx = setup_distributed(args.device)
     configure_logging(ctx.rank)
     for notice in getattr(args, NOTICES, ()):
         logger.info("%s", notice)
     active: Reporter = NullReporter()
+    stop = StopRequest()
     try:
         if reporter is not None:
             active = reporter
         else:
             active = reporter_from_env(ctx.is_main, args.status_interval)
-        return _run(args, ctx, active)
+        code = _run(args, ctx, active, stop)
     finally:
         active.close(STATUS_CLOSE_TIMEOUT)
         cleanup(ctx)
+    if code == EXIT_STOPPED_ON_REQUEST:  # the process group is gone: tell the launcher
+        write_stop_marker(os.environ, stop.stopped_at or 0, stop.checkpoint)
+    return code
 
 
-def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter) -> int:
+def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter, stop: StopRequest) -> int:
+    activity = Activity(reporter)
+    activity.set(STARTING)
     amp, channels_last = configure(args, ctx)
     state = build_state(args, ctx, amp, channels_last)
-    resume(args, state)
+    resume(args, ctx, state)
     if args.mode == "evaluate":
+        activity.set(EVALUATING)
         return evaluate_only(ctx, state, reporter)
     wrap_model(args, ctx, state)
-    return train(args, ctx, state, reporter)
+    if ctx.is_main and writes_checkpoints(args):
+        remove_stale_temp_files(args.checkpoint_dir, older_than=STALE_TEMP_SECONDS)
+    triggers = CheckpointTriggers(args.checkpoint_every_steps, args.checkpoint_every_minutes)
+    control = StepControl(ctx, stop, triggers)
+    loop = Loop(args, ctx, state, reporter, activity, control, LossLog(args.loss_log, ctx.is_main))
+    try:
+        # From here on SIGTERM/SIGINT ask for a graceful stop; before, nothing was trained.
+        with stop.installed():
+            return train(loop)
+    finally:
+        loop.loss_log.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
