@@ -143,6 +143,8 @@ TRAINING_FIELDS: dict[str, TrainingField] = {
         TrainingField("acc1", float, "Acc@1 (%) of the last evaluation", decimals=2),
         TrainingField("acc5", float, "Acc@5 (%) of the last evaluation", decimals=2),
         TrainingField("bestAcc1", float, "best Acc@1 (%) so far", decimals=2),
+        TrainingField("progress", float, "percent of the planned optimizer steps done", decimals=1),
+        TrainingField("etaSeconds", int, "seconds left at the measured speed"),
         TrainingField("checkpoint", str, "path of the newest checkpoint", max_length=1024),
         TrainingField(
             "activity",

@@ -78,6 +78,7 @@ def test_densenet161_8p_example_becomes_wired_pods_and_a_completed_rank_table(jo
         "EPOCH",
         "FPS",
         "ACC@1",
+        "PROGRESS",
         "AGE",
     ]
     assert table_out[1].split()[:4] == [name, "Running", "densenet161", "8"]

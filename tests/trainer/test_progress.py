@@ -190,3 +190,13 @@ def test_activity_changes_are_forced_and_repetitions_dropped() -> None:
     # the contract describes exactly these values, and the field takes them
     assert all(value in TRAINING_FIELDS["activity"].meaning for value in ACTIVITIES)
     assert clean_fields({"activity": "training"}) == {"activity": "training"}
+
+
+def test_progress_and_eta_come_from_the_planned_steps_and_the_measured_speed():
+    from densenet_trainer.progress import progress_fields
+
+    # 1000 planned steps of 8 x 128 images at 1024 img/s: one step a second.
+    assert progress_fields(250, 1000, 1024.0, 1024) == {"progress": 25.0, "etaSeconds": 750}
+    assert progress_fields(250, 1000, None, 1024) == {"progress": 25.0}  # no speed yet
+    assert progress_fields(1200, 1000, 1024.0, 1024) == {"progress": 100.0, "etaSeconds": 0}
+    assert progress_fields(5, 0, 1024.0, 1024) == {}

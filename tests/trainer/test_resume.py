@@ -329,3 +329,15 @@ def test_a_stop_reports_stopping_and_leaves_the_launcher_a_marker(
     ]
     assert recorder.updates[-1][0] == {"checkpoint": str(newest), "step": step}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+def test_a_real_run_reports_its_progress_up_to_all_of_its_steps(
+    noise_data: Path, tmp_path: Path
+) -> None:
+    recorder = RecordingReporter()
+    argv = tiny_run(noise_data, tmp_path / "ckpt", "--mode", "train")
+    assert run(parse_args(argv), reporter=recorder) == 0
+    progress = [fields["progress"] for fields, _ in recorder.updates if "progress" in fields]
+    assert progress == sorted(progress) and progress[-1] == 100.0
+    final = [fields for fields, _ in recorder.updates if "etaSeconds" in fields][-1]
+    assert final["etaSeconds"] == 0

@@ -55,6 +55,19 @@ def clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+def progress_fields(
+    step: int, planned_steps: int, fps: float | None, images_per_step: int
+) -> dict[str, Any]:
+    """status.training's progress (percent of the planned steps) and etaSeconds (the steps
+    left at the measured images/s); no ETA before a speed was measured."""
+    if planned_steps <= 0:
+        return {}
+    fields: dict[str, Any] = {"progress": 100.0 * min(step, planned_steps) / planned_steps}
+    if fps is not None and fps > 0:
+        fields["etaSeconds"] = round(max(planned_steps - step, 0) * images_per_step / fps)
+    return fields
+
+
 def merge_patch_body(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"status": {"training": dict(fields)}}
 

@@ -68,6 +68,7 @@ from densenet_trainer.progress import (
     Activity,
     NullReporter,
     Reporter,
+    progress_fields,
     reporter_from_env,
 )
 from densenet_trainer.stopping import (
@@ -535,6 +536,16 @@ class Loop:
     last_checkpoint: Path | None = None
 
 
+def progress_of(loop: Loop, step: int, fps: float | None) -> dict[str, Any]:
+    """progress and etaSeconds for status.training: the planned steps are the epochs' (or
+    --max-train-steps, when fewer), at batch x world size images a step."""
+    args, state = loop.args, loop.state
+    planned = args.epochs * state.steps_per_epoch
+    if args.max_train_steps is not None:
+        planned = min(planned, args.max_train_steps)
+    return progress_fields(step, planned, fps, args.batch_size * loop.ctx.world_size)
+
+
 def writes_checkpoints(args: argparse.Namespace) -> bool:
     return args.mode != "performance" and args.checkpoint_dir is not None
 
@@ -547,7 +558,8 @@ def train_epoch(loop: Loop, epoch: int) -> TrainEpochResult:
     state.data.start_epoch(epoch, state.step_in_epoch)
 
     def report_interval(metrics: dict[str, float | int]) -> None:
-        loop.reporter.update({**metrics, "epoch": epoch})
+        progress = progress_of(loop, int(metrics["step"]), float(metrics.get("fps") or 0))
+        loop.reporter.update({**metrics, "epoch": epoch, **progress})
 
     def on_step(global_step: int, loss: torch.Tensor) -> bool:
         return after_step(loop, epoch, global_step, loss)
@@ -756,7 +768,9 @@ def finish_epoch(loop: Loop, epoch: int, result: TrainEpochResult, failed_images
     reason = "epoch" if state.epochs_completed > epoch else "max-train-steps"
     checkpoint_path = save(loop, evaluation, reason)
     log_epoch(args, state, epoch, result, evaluation)
-    loop.reporter.update(epoch_status(state, result, evaluation, checkpoint_path), force=True)
+    status = epoch_status(state, result, evaluation, checkpoint_path)
+    status.update(progress_of(loop, state.global_step, result.fps if result.images else None))
+    loop.reporter.update(status, force=True)
 
 
 def train(loop: Loop) -> int:
