@@ -103,20 +103,29 @@ def test_the_trainer_s_token_writes_its_progress_and_nothing_else(
 
 def test_a_forged_status_is_corrected_and_never_acted_on(jobs: Jobs) -> None:
     jobs.kubectl.apply(small_job("forge", replicas=1), "-n", jobs.namespace)
-    (pod,) = jobs.wait_running_pods("forge", 1)
+    jobs.wait_running_pods("forge", 1)
     jobs.wait_phase("forge", "Running")
     # Someone with status rights (not the operator) writes a success and a restart count.
     patch_status(jobs.kubectl, jobs, "forge", {"phase": "Succeeded", "restarts": 1000})
-    wait_for(
-        lambda: (s := jobs.status("forge")).get("phase") == "Running" and s.get("restarts") == 0,
+    status = wait_for(
+        lambda: (
+            (s := jobs.status("forge")).get("phase") == "Running"
+            and s.get("restarts", 0) < 1000
+            and s
+        ),
         what="the status corrected",
     )
     events = jobs.kubectl.json("get", "events", "-n", jobs.namespace,
                                "--field-selector", "involvedObject.name=forge")["items"]  # fmt: skip
     story = [(e["reason"], e["message"]) for e in events]
-    live = jobs.live_pods("forge")
-    assert [p["metadata"]["uid"] for p in live] == [pod["metadata"]["uid"]], story  # not deleted
-    assert any(reason == "StatusCorrected" for reason, _ in story)
+    assert any(reason == "StatusCorrected" for reason, _ in story), story
+    # Never acted on: not finished, its pods not cleaned up, no failure counted. (A restart for
+    # a disruption of the shared test cluster, e.g. a pod gone with its node, may happen
+    # meanwhile: it is counted as one, and never as a failure.)
+    acted = {"AllPodsSucceeded", "PermanentFailure", "BackoffLimitExceeded", "TTLExpired"}
+    assert not acted & {reason for reason, _ in story}, story
+    assert status.get("restarts", 0) == status.get("disruptions", 0), story
+    assert not status.get("completionTime")
 
 
 @pytest.mark.parametrize(
