@@ -167,7 +167,7 @@ def _scalar(tp: Any, raw: Any, path: str, meta: FieldMeta) -> Any:
         str: isinstance(raw, str),
     }[tp]
     if not ok:
-        raise SpecError(f"{path} must be of type {_OPENAPI_TYPES[tp]}, not {raw!r}")
+        raise SpecError(f"{path} must be of type {OPENAPI_TYPES[tp]}, not {raw!r}")
     value = tp(raw)
     if meta.minimum is not None and (
         value <= meta.minimum if meta.exclusive_minimum else value < meta.minimum
@@ -191,7 +191,7 @@ def _scalar(tp: Any, raw: Any, path: str, meta: FieldMeta) -> Any:
 
 # ---------------------------------------------------------------- OpenAPI
 
-_OPENAPI_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+OPENAPI_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
 def openapi(model: type) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         return openapi(tp)  # type: ignore[arg-type]
     if origin is Literal:
         choices = list(typing.get_args(tp))
-        return {"type": _OPENAPI_TYPES[type(choices[0])], "enum": choices}
+        return {"type": OPENAPI_TYPES[type(choices[0])], "enum": choices}
     if origin is tuple:
         return {"type": "array", "items": _type_schema(typing.get_args(tp)[0])}
     if origin is dict:
@@ -276,7 +276,7 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         return {"type": "object", "additionalProperties": _type_schema(value_type)}
     if tp is Any:
         return {"x-kubernetes-preserve-unknown-fields": True}
-    return {"type": _OPENAPI_TYPES[tp]}
+    return {"type": OPENAPI_TYPES[tp]}
 
 
 # ---------------------------------------------------------------- trainer flags

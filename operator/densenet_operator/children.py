@@ -25,9 +25,17 @@ def controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((ref for ref in refs if ref.get("controller")), None)
 
 
-def ownership(obj: Mapping[str, Any], job: JobRef) -> str:
+def job_owner(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The DenseNetTraining that controls `obj`, as its owner reference says."""
     ref = controller(obj)
     if ref is None or ref.get("kind") != KIND or ref.get("apiVersion") != API_VERSION:
+        return None
+    return ref
+
+
+def ownership(obj: Mapping[str, Any], job: JobRef) -> str:
+    ref = job_owner(obj)
+    if ref is None:
         return FOREIGN
     if ref.get("uid") == job.uid:
         return OURS

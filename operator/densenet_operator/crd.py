@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 import densenet_contract as contract
-from densenet_contract.schema import openapi
+from densenet_contract.schema import OPENAPI_TYPES, openapi
 from densenet_operator.admission import build_admission
 from densenet_operator.spec import TrainingSpec
 from densenet_operator.status import PHASE_CONDITIONS
@@ -63,13 +63,12 @@ PRINTER_COLUMNS = [
      "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]  # fmt: skip
-_OPENAPI_TYPES = {int: "integer", float: "number", str: "string"}
 
 
 def _training_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for field in contract.TRAINING_FIELDS.values():
-        schema: dict[str, Any] = {"type": _OPENAPI_TYPES[field.type], "description": field.meaning}
+        schema: dict[str, Any] = {"type": OPENAPI_TYPES[field.type], "description": field.meaning}
         if field.format:
             schema["format"] = field.format
         if field.max_length:

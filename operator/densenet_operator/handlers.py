@@ -10,11 +10,12 @@ from typing import Any, cast
 import kopf
 from kubernetes_asyncio import client, config
 
-from densenet_contract import GROUP, KIND, PLURAL, VERSION
-from densenet_operator import children, naming
+from densenet_contract import GROUP, PLURAL, VERSION
+from densenet_operator import naming
+from densenet_operator.children import job_owner
 from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
-from densenet_operator.podrecord import PodRecord, job_owner
+from densenet_operator.podrecord import PodRecord
 from densenet_operator.reconcile import Reconciler
 
 DEFAULT_TRAINER_IMAGE = "densenet-trainer:0.1.0"
@@ -116,8 +117,8 @@ async def child_changed(
     event: kopf.RawEvent, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """A child deleted (by a user, or a garbage collector) is made again within seconds."""
-    owner = children.controller(body)
-    if event.get("type") != "DELETED" or owner is None or owner.get("kind") != KIND:
+    owner = job_owner(body)
+    if event.get("type") != "DELETED" or owner is None:
         return
     memo.reconciler.ensured.discard(owner.get("uid"))
     memo.job_tasks.poke((namespace or "", owner.get("name", "")))

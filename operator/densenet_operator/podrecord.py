@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from densenet_contract import API_VERSION, KIND, TRAINER_CONTAINER
+from densenet_contract import TRAINER_CONTAINER
 from densenet_operator import naming
+from densenet_operator.children import job_owner
 
 PENDING = "Pending"
 
@@ -55,16 +56,6 @@ def _unschedulable(status: Mapping[str, Any]) -> str | None:
         ),
         None,
     )
-
-
-def job_owner(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The DenseNetTraining that controls `pod`, as its owner reference says."""
-    refs = (pod.get("metadata") or {}).get("ownerReferences") or ()
-    return next(
-        (r for r in refs if r.get("controller") and r.get("kind") == KIND
-         and r.get("apiVersion") == API_VERSION),
-        None,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,17 +44,17 @@ def _immutable(field: str, why: str) -> str:
     return f"{field} is immutable: {why}"
 
 
-def _unnamed_volume(field: str) -> tuple[Rule, ...]:
-    """A volume source has no name of its own: the operator names it (a user's name could
-    collide with the pod's own volumes, e.g. rank-table, and fail every pod create)."""
-    return (
-        Rule(
-            "!has(self.name)",
-            f"{field} is a volume source such as {{persistentVolumeClaim: {{claimName: ...}}}}, "
-            "without a name: the operator names the volume",
-            lambda volume: volume is None or "name" not in volume,
-        ),
+def _volume_source(field: str, description: str) -> Any:
+    """An optional volume source. It carries no name of its own: the operator names it (a
+    user's name could collide with the pod's own volumes, e.g. rank-table, and fail every
+    pod create)."""
+    unnamed = Rule(
+        "!has(self.name)",
+        f"{field} is a volume source such as {{persistentVolumeClaim: {{claimName: ...}}}}, "
+        "without a name: the operator names the volume",
+        lambda volume: volume is None or "name" not in volume,
     )
+    return spec_field(None, schema=VOLUME_SOURCE, rules=(unnamed,), description=description)
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,10 @@ class Data:
     path: str | None = spec_field(
         None, pattern="^/", description="Directory in the container holding train/ and val/."
     )
-    volume: dict[str, Any] | None = spec_field(
-        None,
-        schema=VOLUME_SOURCE,
-        rules=_unnamed_volume("data.volume"),
-        description="Any Kubernetes volume source (persistentVolumeClaim, nfs, hostPath, ...), "
-        "mounted read-only at path.",
+    volume: dict[str, Any] | None = _volume_source(
+        "data.volume",
+        "Any Kubernetes volume source (persistentVolumeClaim, nfs, hostPath, ...), mounted "
+        "read-only at path.",
     )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
@@ -122,12 +120,10 @@ class Checkpoint:
         pattern="^/",
         description="Directory for checkpoints; each job writes under <path>/<job name>.",
     )
-    volume: dict[str, Any] | None = spec_field(
-        None,
-        schema=VOLUME_SOURCE,
-        rules=_unnamed_volume("checkpoint.volume"),
-        description="Any Kubernetes volume source for checkpoints (a PVC, so that restarts "
-        "resume). Without one, an emptyDir is used and checkpoints die with the pod.",
+    volume: dict[str, Any] | None = _volume_source(
+        "checkpoint.volume",
+        "Any Kubernetes volume source for checkpoints (a PVC, so that restarts resume). "
+        "Without one, an emptyDir is used and checkpoints die with the pod.",
     )
 
 
