@@ -67,6 +67,12 @@ RANK_TABLE_COMPLETED = "completed"
 RANK_TABLE_NOT_REQUIRED = "not-required"
 
 
+def rank_table_configmap(job: str) -> str:
+    """The job's rank-table ConfigMap (ascend-operator's name): the operator writes it, the
+    pods mount it and the launcher watches it."""
+    return f"rings-config-{job}"
+
+
 class Env:
     """Environment variables the operator sets in the trainer container."""
 
@@ -101,7 +107,9 @@ ENV_MEANINGS: dict[str, str] = {
     Env.MASTER_ADDR: "torchrun --master-addr: `<job>-worker-0.<job>` (headless Service `<job>`)",
     Env.MASTER_PORT: f"torchrun --master-port: `{MASTER_PORT}`",
     Env.RANK_TABLE_FILE: f"ascend only: `{RANK_TABLE_FILE}` (ConfigMap `rings-config-<job>`, "
-    f"key `{RANK_TABLE_KEY}`); the launcher waits until its status is `completed`",
+    f"key `{RANK_TABLE_KEY}`); the launcher watches that ConfigMap through the API until "
+    "the table is `completed` and lists the pod's IP, then points RANK_TABLE_FILE at a local "
+    "copy for HCCL (the mounted file is the fallback)",
     Env.HCCL_IF_IP: "ascend only: the pod IP (downward API)",
     Env.HCCL_LOGIC_SUPERPOD_ID: "ascend only: the replica's logical super pod on A3 super pods "
     "(replicas fill blocks of `device.ascend.superPodBlock` NPUs), else `0`",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from densenet_contract import API_VERSION, GROUP, KIND
+from densenet_contract import API_VERSION, GROUP, KIND, rank_table_configmap
 from densenet_operator.spec import JobRef
 
 LABEL_JOB = f"{GROUP}/job-name"
@@ -29,7 +29,7 @@ def service_name(job: str) -> str:
 
 
 def rank_table_configmap_name(job: str) -> str:
-    return f"rings-config-{job}"
+    return rank_table_configmap(job)
 
 
 def service_account_name(job: str) -> str:

@@ -40,7 +40,9 @@ def build_role(job: JobRef) -> dict[str, Any]:
                 "apiGroups": [""],
                 "resources": ["configmaps"],
                 "resourceNames": [naming.rank_table_configmap_name(job.name)],
-                "verbs": ["get"],
+                # list and watch by name (a metadata.name field selector): the launcher
+                # watches its table rather than wait for the kubelet to refresh the mount.
+                "verbs": ["get", "list", "watch"],
             },
         ],
     }

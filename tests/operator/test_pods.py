@@ -117,7 +117,9 @@ def test_trainer_role_is_limited_to_its_own_job():
     role = rbac.build_role(JOB)
     for rule in role["rules"]:
         assert rule["resourceNames"] in (["dn161"], ["rings-config-dn161"])
-        assert set(rule["verbs"]) <= {"get", "patch"}
+        # list/watch only by name (the launcher's watch of its rank table); never create/delete
+        assert set(rule["verbs"]) <= {"get", "patch", "list", "watch"}
+        assert "patch" not in rule["verbs"] or rule["resources"] == ["densenettrainings/status"]
     assert not any("secrets" in r["resources"] for r in role["rules"])
     binding = rbac.build_role_binding(JOB)
     assert binding["subjects"] == [

@@ -14,12 +14,7 @@ import pytest
 from densenet_contract import EXIT_STOPPED_ON_REQUEST, Env
 from densenet_trainer import launch
 from densenet_trainer.flags import DEFAULT_STOP_TIMEOUT
-from densenet_trainer.launch import (
-    RankTableTimeout,
-    build_torchrun_args,
-    main,
-    wait_for_rank_table,
-)
+from densenet_trainer.launch import build_torchrun_args, main
 from densenet_trainer.stopping import STOPPED_DIR_ENV, read_stop_markers, write_stop_marker
 
 from .conftest import DENSENET_TRAIN, launch_env, run_cli
@@ -173,61 +168,6 @@ def write_table(path: Path, status: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"status": status, "version": "1.0", "server_count": "1"}))
     tmp.replace(path)  # like the kubelet's atomic ConfigMap update
-
-
-def test_waits_until_the_rank_table_flips_to_completed(tmp_path: Path) -> None:
-    table = tmp_path / "hccl.json"
-    write_table(table, "initializing")
-    polls = []
-    flipped = threading.Event()
-
-    def sleep(seconds: float) -> None:
-        polls.append(seconds)
-        if len(polls) == 3:  # the operator completes the table while the pod waits
-            write_table(table, "completed")
-            flipped.set()
-
-    result = wait_for_rank_table(str(table), timeout=300, poll_interval=5, sleep=sleep)
-    assert result["status"] == "completed" and flipped.is_set()
-    assert polls == [5, 5, 5]
-
-
-def test_timeout_names_the_file_and_the_last_state(tmp_path: Path) -> None:
-    table = tmp_path / "hccl.json"
-    write_table(table, "initializing")
-    clock = [0.0]
-
-    def sleep(seconds: float) -> None:
-        clock[0] += seconds
-
-    with pytest.raises(RankTableTimeout) as exc:
-        wait_for_rank_table(str(table), 300, 5, sleep=sleep, clock=lambda: clock[0])
-    message = str(exc.value)
-    assert str(table) in message
-    assert "not completed after 300 s" in message and "'initializing'" in message
-    assert clock[0] == 300  # 60 polls of 5 s, as Huawei's script
-
-
-def test_a_missing_or_half_written_table_is_waited_for(tmp_path: Path) -> None:
-    table = tmp_path / "hccl.json"
-    states = []
-
-    def sleep(seconds: float) -> None:
-        states.append(seconds)
-        if len(states) == 1:
-            table.write_text('{"status": "compl')  # not JSON yet
-        else:
-            write_table(table, "completed")
-
-    assert wait_for_rank_table(str(table), 60, 1, sleep=sleep)["status"] == "completed"
-    with pytest.raises(RankTableTimeout, match="'missing'"):
-        wait_for_rank_table(str(tmp_path / "absent.json"), 0, 1, sleep=lambda s: None)
-
-
-def test_a_table_that_is_not_required_ends_the_wait(tmp_path: Path) -> None:
-    table = tmp_path / "hccl.json"
-    write_table(table, "not-required")  # what the operator writes for cuda and cpu jobs
-    assert wait_for_rank_table(str(table), 0, 1, sleep=lambda s: None)["status"] == "not-required"
 
 
 def test_launch_fails_clearly_when_the_rank_table_never_completes(

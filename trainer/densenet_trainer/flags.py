@@ -565,7 +565,14 @@ def build_launch_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         default=DEFAULT_RANK_TABLE_POLL_INTERVAL,
         metavar="SECONDS",
-        help="seconds between reads of RANK_TABLE_FILE",
+        help="seconds between reads of RANK_TABLE_FILE (when the API cannot be watched)",
+    )
+    parser.add_argument(
+        "--rank-table-source",
+        choices=("auto", "file"),
+        default="auto",
+        help="auto: watch the job's rank-table ConfigMap through the API (the pod's "
+        "ServiceAccount), falling back to RANK_TABLE_FILE; file: only poll RANK_TABLE_FILE",
     )
     parser.add_argument(
         "--stop-timeout",

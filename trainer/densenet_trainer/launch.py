@@ -1,5 +1,10 @@
 """Pod entrypoint ``densenet-train launch``: wait for the rank table, then run torchrun.
 
+On Ascend the launcher first waits until the job's rank table is completed and lists this pod
+(ranktable_wait.py: a watch of the job's ConfigMap through the API, the mounted file as
+fallback) and hands HCCL a local copy, so training starts as soon as the operator completes
+the table rather than when the kubelet next refreshes the ConfigMap volume.
+
 The operator passes the training flags as the container's arguments (``--device`` and
 ``--resume auto`` among them) and the topology in torchrun's own environment variables
 (PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR, PET_MASTER_PORT; see
@@ -26,7 +31,6 @@ that the pod's terminationGracePeriodSeconds, not torchrun, bounds a graceful st
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -35,22 +39,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from densenet_contract import (
-    EXIT_STOPPED_ON_REQUEST,
-    RANK_TABLE_COMPLETED,
-    RANK_TABLE_NOT_REQUIRED,
-    Env,
-)
-from densenet_trainer.flags import (
-    DEFAULT_RANK_TABLE_POLL_INTERVAL,
-    DEFAULT_RANK_TABLE_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT,
-    build_launch_parser,
+from densenet_contract import EXIT_STOPPED_ON_REQUEST, Env
+from densenet_trainer.flags import DEFAULT_STOP_TIMEOUT, build_launch_parser
+from densenet_trainer.ranktable_wait import (
+    RankTableTimeout,
+    RankTableWait,
+    configmap_watch_from_env,
+    write_local_copy,
 )
 from densenet_trainer.stopping import (
     STOPPED_DIR_ENV,
@@ -61,62 +60,9 @@ from densenet_trainer.stopping import (
 logger = logging.getLogger("densenet_trainer.launch")
 
 TRAIN_MODULE = "densenet_trainer.train"
-# States after which there is nothing to wait for: HCCL can read the table, or it needs none.
-READY_STATES = (RANK_TABLE_COMPLETED, RANK_TABLE_NOT_REQUIRED)
 TORCHRUN_ENV = (Env.NNODES, Env.NODE_RANK, Env.NPROC_PER_NODE, Env.MASTER_ADDR, Env.MASTER_PORT)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torchrun's own
-
-
-class RankTableTimeout(TimeoutError):
-    pass
-
-
-def read_rank_table(path: str) -> tuple[str, dict[str, Any] | None]:
-    """``(state, table)``: state is the table's "status", or 'missing' / 'unreadable'."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            table = json.load(file)
-    except FileNotFoundError:
-        return "missing", None
-    except (OSError, ValueError):  # mid-update or not JSON (yet)
-        return "unreadable", None
-    if not isinstance(table, dict):
-        return "unreadable", None
-    return str(table.get("status", "no status field")), table
-
-
-def wait_for_rank_table(
-    path: str,
-    timeout: float = DEFAULT_RANK_TABLE_TIMEOUT,
-    poll_interval: float = DEFAULT_RANK_TABLE_POLL_INTERVAL,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> dict[str, Any]:
-    """Poll the rank table until its "status" is "completed" (or "not-required"); return it.
-
-    Raises RankTableTimeout, naming the last state seen, when ``timeout`` seconds pass.
-    """
-    deadline = clock() + timeout
-    last_state = None
-    while True:
-        state, table = read_rank_table(path)
-        if state in READY_STATES and table is not None:
-            logger.info("rank table %s is %s", path, state)
-            return table
-        if state != last_state:
-            logger.info("waiting for rank table %s: status is %r", path, state)
-            last_state = state
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise RankTableTimeout(
-                f"rank table {path} is not completed after {timeout:.0f} s (last seen: "
-                f"{state!r}). The operator completes it once every worker pod has been given "
-                "its NPUs and their device IPs by the Ascend device plugin; see the job's "
-                "conditions and events (kubectl describe densenettraining <job>)."
-            )
-        sleep(min(poll_interval, remaining))
 
 
 def build_torchrun_args(train_args: Sequence[str]) -> list[str]:
@@ -221,12 +167,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     launch_args, train_args = build_launch_parser().parse_known_args(argv)
 
-    rank_table = env.get(Env.RANK_TABLE_FILE)
-    if rank_table:
+    if env.get(Env.RANK_TABLE_FILE):
         try:
-            wait_for_rank_table(
-                rank_table, launch_args.rank_table_timeout, launch_args.rank_table_poll_interval
-            )
+            env = wait_for_rank_table(env, launch_args)
         except RankTableTimeout as exc:
             logger.error("%s", exc)
             return 1
@@ -244,6 +187,25 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     finally:
         if stopped_dir:
             shutil.rmtree(stopped_dir, ignore_errors=True)
+
+
+def wait_for_rank_table(env: Mapping[str, str], launch_args: Any) -> Mapping[str, str]:
+    """Wait until the job's rank table is ready; the environment for torchrun, whose
+    RANK_TABLE_FILE is a local copy of the table when it came through the API."""
+    api = configmap_watch_from_env(env) if launch_args.rank_table_source != "file" else None
+    waiter = RankTableWait(
+        env[Env.RANK_TABLE_FILE],
+        launch_args.rank_table_timeout,
+        launch_args.rank_table_poll_interval,
+        pod_ip=env.get(Env.POD_IP) or None,
+        api=api,
+    )
+    seen = waiter.run()
+    if not waiter.from_api or seen.text is None:
+        return env
+    local = write_local_copy(seen.text)
+    logger.info("rank table written to %s for HCCL", local)
+    return {**env, Env.RANK_TABLE_FILE: local}
 
 
 def make_stopped_dir() -> str | None:
