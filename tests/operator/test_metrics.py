@@ -246,6 +246,7 @@ async def test_the_server_answers_metrics_and_a_shared_liveness_path() -> None:
 
     metrics = Metrics()
     metrics.pass_written("a", "cpu", first=True, finished=None, restart_cause=None)
+    metrics.serve_jobs(lambda: [job_body("fast", phase="Running", training={"fps": 5.5})])
     port = free_port()
     runner = await serve(f"http://127.0.0.1:{port}/metrics", metrics, "/healthz")
     try:
@@ -255,6 +256,8 @@ async def test_the_server_answers_metrics_and_a_shared_liveness_path() -> None:
         assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert families["densenet_operator_jobs_created"].samples[0].value == 1
+        (fps,) = families["densenet_operator_job_training_fps"].samples
+        assert fps.labels == {"namespace": "team-a", "job": "fast"} and fps.value == 5.5
         assert await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/healthz") == (
             200, "application/json; charset=utf-8", "{}",
         )  # fmt: skip
