@@ -101,10 +101,14 @@ def api_request_labels(method: str, url: str) -> tuple[str, str]:
 
 
 def _finite(value: Any) -> float | None:
-    """A number the trainer reported, or None (a string, a bool, NaN: not shown)."""
+    """A number the trainer reported, or None (a string, a bool, NaN, 10**400: not shown)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 class JobsCollector(Collector):

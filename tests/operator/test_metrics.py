@@ -147,7 +147,8 @@ def test_jobs_by_phase_and_training_gauges_come_from_the_served_jobs() -> None:
                                                       "progress": 40.0, "updated": updated}),
         job_body("new"),
         job_body("done", phase="Succeeded", training={"fps": "fast", "epoch": True,
-                                                      "acc1": float("nan"), "updated": "never"}),
+                                                      "acc1": float("nan"), "progress": 10**400,
+                                                      "updated": "never"}),
         job_body("forged", "team-b", phase="Exploded"),
     ]  # fmt: skip
     metrics.serve_jobs(lambda: jobs)
