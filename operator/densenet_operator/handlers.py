@@ -88,7 +88,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     )
     await memo.job_tasks.stop_all()
     await memo.api.close()
-    if memo.http:
+    if memo.get("http"):
         await memo.http.cleanup()
 
 
