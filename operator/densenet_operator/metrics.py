@@ -1,9 +1,9 @@
 """The operator's Prometheus metrics, served at /metrics on its HTTP port.
 
 Job counters are named after Kubeflow training-operator's (`training_operator_jobs_*_total`)
-with this operator's prefix, labelled by namespace and device type. The jobs by phase and each
-job's training figures (`status.training`) are read at scrape time from the jobs the operator
-serves, so a deleted job's series go with it.
+with this operator's prefix, labelled by the job's namespace and device type. The jobs by phase
+and each job's training figures (`status.training`) are read at scrape time from the jobs the
+operator serves, so a deleted job's series go with it.
 
 Counting rule: each event once. A job counter moves only when the operator's own write of the
 transition has succeeded: created (the job's first phase), succeeded, failed and restarted when
@@ -50,7 +50,11 @@ from densenet_operator.podrecord import PENDING
 from densenet_operator.status import FAILED, PHASE_CONDITIONS, SUCCEEDED, parse_time
 
 PREFIX = "densenet_operator"
-JOB_LABELS = ("namespace", "device_type")
+# `job_namespace` as Kubeflow's, and `job_name` as kube-state-metrics' for a Job: Prometheus
+# gives every series `job` (the scrape's) and, in Kubernetes, `namespace` (the operator's pod's)
+# labels of its own, and would rename labels of those names to exported_job/exported_namespace.
+JOB_LABELS = ("job_namespace", "device_type")
+JOB_NAME_LABELS = ["job_namespace", "job_name"]
 UNKNOWN = "unknown"  # a label value the operator does not know (bounded label sets)
 FAILURE, DISRUPTION = "failure", "disruption"  # the causes of a gang restart
 RANK_TABLE_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -123,13 +127,13 @@ class JobsCollector(Collector):
     def _families(self) -> list[GaugeMetricFamily]:
         by_phase = GaugeMetricFamily(f"{PREFIX}_jobs", "DenseNetTrainings the operator serves, "
                                      "by phase", labels=[*JOB_LABELS, "phase"])  # fmt: skip
-        training = [GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["namespace", "job"])
+        training = [GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=JOB_NAME_LABELS)
                     for name, text in TRAINING_GAUGES.values()]  # fmt: skip
         updated = GaugeMetricFamily(
             f"{PREFIX}_job_training_updated_timestamp_seconds",
             "When the trainer last reported (status.training.updated), in Unix seconds: "
             "time() minus this is the age of the figures above",
-            labels=["namespace", "job"],
+            labels=JOB_NAME_LABELS,
         )
         return [by_phase, *training, updated]
 

@@ -84,7 +84,10 @@ def test_each_written_transition_moves_its_counter_once() -> None:
     metrics.pass_written("a", "cpu", first=False, finished="Succeeded", restart_cause=None)
     metrics.pass_written("b", "ascend", first=True, finished="Failed", restart_cause=None)
     metrics.pass_written("b", "bogus", first=False, finished=None, restart_cause=None)
-    a, b = {"namespace": "a", "device_type": "cpu"}, {"namespace": "b", "device_type": "ascend"}
+    a, b = (
+        {"job_namespace": "a", "device_type": "cpu"},
+        {"job_namespace": "b", "device_type": "ascend"},
+    )
     assert value(metrics, "densenet_operator_jobs_created_total", **a) == 1
     assert value(metrics, "densenet_operator_jobs_successful_total", **a) == 1
     assert value(metrics, "densenet_operator_jobs_failed_total", **a) is None
@@ -154,7 +157,7 @@ def test_jobs_by_phase_and_training_gauges_come_from_the_served_jobs() -> None:
     metrics.serve_jobs(lambda: jobs)
     families = scrape(metrics)
     phases = {
-        (s.labels["namespace"], s.labels["phase"]): s.value
+        (s.labels["job_namespace"], s.labels["phase"]): s.value
         for s in families["densenet_operator_jobs"].samples
     }
     assert phases[("team-a", "Running")] == 1
@@ -162,7 +165,7 @@ def test_jobs_by_phase_and_training_gauges_come_from_the_served_jobs() -> None:
     assert phases[("team-a", "Succeeded")] == 1
     assert phases[("team-a", "Failed")] == 0
     assert phases[("team-b", "unknown")] == 1 and ("team-a", "unknown") not in phases
-    fast = {"namespace": "team-a", "job": "fast"}
+    fast = {"job_namespace": "team-a", "job_name": "fast"}
     assert value(metrics, "densenet_operator_job_training_fps", **fast) == 812.5
     assert value(metrics, "densenet_operator_job_training_epoch", **fast) == 3
     assert value(metrics, "densenet_operator_job_training_acc1_percent", **fast) == 71.2
@@ -175,7 +178,7 @@ def test_jobs_by_phase_and_training_gauges_come_from_the_served_jobs() -> None:
         s for name, f in families.items() if name.startswith("densenet_operator_job_")
         for s in f.samples
     ]  # fmt: skip
-    assert {s.labels["job"] for s in training_samples} == {"fast"}
+    assert {s.labels["job_name"] for s in training_samples} == {"fast"}
     jobs.pop(0)  # the job went away: its series go with it
     assert value(metrics, "densenet_operator_job_training_fps", **fast) is None
 
@@ -222,7 +225,7 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     families = {f.name: f for f in openmetrics_families(body.decode())}
     (sample,) = [s for s in families["densenet_operator_jobs_created"].samples
                  if s.name.endswith("_total")]  # fmt: skip
-    assert sample.labels == {"namespace": "a", "device_type": "cuda"} and sample.value == 1
+    assert sample.labels == {"job_namespace": "a", "device_type": "cuda"} and sample.value == 1
 
 
 def test_process_metrics_are_added_for_the_operator() -> None:
@@ -258,7 +261,7 @@ async def test_the_server_answers_metrics_and_a_shared_liveness_path() -> None:
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert families["densenet_operator_jobs_created"].samples[0].value == 1
         (fps,) = families["densenet_operator_job_training_fps"].samples
-        assert fps.labels == {"namespace": "team-a", "job": "fast"} and fps.value == 5.5
+        assert fps.labels == {"job_namespace": "team-a", "job_name": "fast"} and fps.value == 5.5
         assert await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/healthz") == (
             200, "application/json; charset=utf-8", "{}",
         )  # fmt: skip

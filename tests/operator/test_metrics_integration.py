@@ -7,12 +7,15 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 PROMTOOL_VERSION = "v0.316.0"  # Prometheus 3.x's Go module version
 PROMTOOL_CACHE = Path.home() / ".cache" / "densenet-operator" / f"promtool-{PROMTOOL_VERSION}"
+PROMETHEUS_CACHE = PROMTOOL_CACHE.with_name(f"prometheus-{PROMTOOL_VERSION}")
 
 
 def scrape_text(operator: OperatorProcess) -> str:
@@ -83,18 +87,18 @@ def test_a_scrape_shows_exactly_what_happened_to_the_jobs(
               "progress": 33.3, "updated": now}  # fmt: skip
     report_training(jobs, "again", report)
 
-    again = {"namespace": ns, "job": "again"}
+    again = {"job_namespace": ns, "job_name": "again"}
 
     def settled() -> dict[str, Metric] | None:
         families = scrape(operator)
-        gone = sample(families, "densenet_operator_jobs", namespace=ns, device_type="ascend",
+        gone = sample(families, "densenet_operator_jobs", job_namespace=ns, device_type="ascend",
                       phase="Failed") == 0  # fmt: skip
         reported = sample(families, "densenet_operator_job_training_fps", **again) > 0
         return families if gone and reported else None
 
     after = wait_for(settled, timeout=30, what="the deletion and the report in a scrape")
     status = jobs.status("again")["training"]
-    job = {"namespace": ns, "device_type": "ascend"}
+    job = {"job_namespace": ns, "device_type": "ascend"}
     counted = {
         name: sample(after, f"densenet_operator_jobs_{name}_total", **job)
         for name in ("created", "successful", "failed", "deleted")
@@ -104,7 +108,7 @@ def test_a_scrape_shows_exactly_what_happened_to_the_jobs(
     assert sample(after, restarts, **job, cause="failure") == 1
     assert sample(after, restarts, **job, cause="disruption") == 1
     phases = {s.labels["phase"]: s.value for s in after["densenet_operator_jobs"].samples
-              if s.labels["namespace"] == ns}  # fmt: skip
+              if s.labels["job_namespace"] == ns}  # fmt: skip
     assert phases == {"Pending": 0, "Running": 1, "Restarting": 0, "Suspended": 0,
                       "Succeeded": 1, "Failed": 0}  # fmt: skip
     # The running job's figures are those of its status.
@@ -116,7 +120,7 @@ def test_a_scrape_shows_exactly_what_happened_to_the_jobs(
         == (status["progress"])
     )
     assert not [s for f in after.values() for s in f.samples
-                if s.labels.get("namespace") == ns and s.labels.get("job") == "bad"]  # fmt: skip
+                if s.labels.get("job_namespace") == ns and s.labels.get("job_name") == "bad"]  # fmt: skip
     # Every pass was timed; five gangs (ok, bad, again x3) each had their rank table completed.
     histogram = "densenet_operator_reconcile_duration_seconds_count"
     assert sample(after, histogram) > sample(before, histogram)
@@ -143,9 +147,65 @@ def test_the_scrape_passes_promtool_check_metrics(jobs: Jobs, operator: Operator
     jobs.kubectl.apply(small_job("linted", replicas=1), "-n", jobs.namespace)
     jobs.wait_phase("linted", "Running")
     report_training(jobs, "linted", {"epoch": 1, "fps": 10.0, "acc1": 1.0, "progress": 5.0})
-    linted = {"namespace": jobs.namespace, "job": "linted"}
+    linted = {"job_namespace": jobs.namespace, "job_name": "linted"}
     wait_for(lambda: sample(scrape(operator), "densenet_operator_job_training_fps", **linted),
              timeout=30, what="the report in a scrape")  # fmt: skip
     checked = subprocess.run([tool, "check", "metrics"], input=scrape_text(operator),
                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def query(port: int, promql: str) -> dict[str, float]:
+    """An instant PromQL query against Prometheus' HTTP API: each series' `job` label (the
+    scrape's) -> value."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        answer = json.load(reply)
+    assert answer["status"] == "success", answer
+    return {r["metric"].get("job", ""): float(r["value"][1]) for r in answer["data"]["result"]}
+
+
+def test_a_real_prometheus_scrapes_the_operator(
+    jobs: Jobs, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """Prometheus itself (built from its Go module, without service discovery) scrapes the
+    operator every second, negotiating the exposition format as it does in a cluster."""
+    binary = PROMETHEUS_CACHE / "prometheus"
+    if not binary.exists():
+        pytest.skip(f"prometheus not built: GOBIN={PROMETHEUS_CACHE} go install -tags "
+                    f"remove_all_sd github.com/prometheus/prometheus/cmd/prometheus@{PROMTOOL_VERSION}")  # fmt: skip
+    ns = jobs.namespace
+    jobs.kubectl.apply(small_job("watched", replicas=1), "-n", ns)
+    jobs.wait_phase("watched", "Running")
+    report_training(jobs, "watched", {"epoch": 1, "fps": 42.5})
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+              "scrape_configs": [{"job_name": "densenet-operator",
+                                  "static_configs": [{"targets": [f"127.0.0.1:{operator.port}"]}]}]}  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with (tmp_path / "prometheus.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(binary), f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        selector = f'{{job_namespace="{ns}"}}'
+        created = f"densenet_operator_jobs_created_total{selector}"
+        wait_for(lambda: query(port, created) == {"densenet-operator": 1.0}, timeout=60,
+                 what=f"Prometheus to scrape the job's creation (log: {tmp_path / 'prometheus.log'})")  # fmt: skip
+        assert query(port, 'up{job="densenet-operator"}') == {"densenet-operator": 1.0}
+        running = f'densenet_operator_jobs{{job_namespace="{ns}", phase="Running"}}'
+        assert query(port, running) == {"densenet-operator": 1.0}
+        fps = wait_for(lambda: query(port, f"densenet_operator_job_training_fps{selector}"),
+                       timeout=30, what="the job's fps in Prometheus")  # fmt: skip
+        assert fps == {"densenet-operator": 42.5}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -72,7 +72,7 @@ def run_peers(kubectl: Any, namespace: str, high: OperatorProcess, low: Operator
         assert f"{namespace}/peered:" in high.log_path.read_text()  # it reconciled the job
         assert f"{namespace}/peered:" not in low.log_path.read_text()  # the paused one never did
         assert "Resuming operations" not in low.log_path.read_text()
-        job = {"namespace": namespace, "device_type": "ascend"}
+        job = {"job_namespace": namespace, "device_type": "ascend"}
         assert sample(scrape(high), CREATED, **job) == 1
         assert sample(scrape(low), CREATED, **job) == 0  # the paused replica counts nothing
         # Failover: the active replica goes away, the paused one takes the job over.
