@@ -161,6 +161,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def prometheus_ready(port: int, server: subprocess.Popen[bytes]) -> bool:
+    assert server.poll() is None, f"prometheus exited with {server.returncode}"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
 def query(port: int, promql: str) -> dict[str, float]:
     """An instant PromQL query against Prometheus' HTTP API: each series' `job` label (the
     scrape's) -> value."""
@@ -196,6 +205,8 @@ def test_a_real_prometheus_scrapes_the_operator(
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
+        wait_for(lambda: prometheus_ready(port, server), timeout=60,
+                 what=f"Prometheus to start (log: {tmp_path / 'prometheus.log'})")  # fmt: skip
         selector = f'{{job_namespace="{ns}"}}'
         created = f"densenet_operator_jobs_created_total{selector}"
         wait_for(lambda: query(port, created) == {"densenet-operator": 1.0}, timeout=60,
