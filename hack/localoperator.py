@@ -2,7 +2,7 @@
 
 The operator is the real one (`python -m densenet_operator.cli run`), started as it would be in
 its Deployment but from this venv, with the kubeconfig it is given instead of an in-cluster
-ServiceAccount token, and its liveness endpoint on a free local port.
+ServiceAccount token, and its liveness endpoint and metrics on a free local port.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "densenet_operator.cli", "run", "--verbose",
-             "--liveness", f"http://127.0.0.1:{self.port}/healthz", *self.extra_args],
+             "--liveness", f"http://127.0.0.1:{self.port}/healthz",
+             "--metrics", self.metrics_url, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         OperatorProcess.running.add(self)
@@ -62,6 +63,10 @@ class OperatorProcess:
                 timeout=60,
                 what=f"the operator's liveness endpoint (log: {self.log_path})",
             )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
 
     def healthy(self) -> bool:
         assert self.process is not None

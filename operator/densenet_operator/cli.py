@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,19 +75,31 @@ def check_rank_table_command(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def http_endpoints(liveness: str | None, metrics: str | None) -> tuple[str | None, str | None]:
+    """(kopf's liveness endpoint, the path the metrics server answers as liveness): when both
+    URLs name one host and port, the metrics server answers both paths there."""
+    if liveness and metrics:
+        live, scraped = urllib.parse.urlsplit(liveness), urllib.parse.urlsplit(metrics)
+        if live.netloc == scraped.netloc:
+            return None, live.path or "/"
+    return liveness, None
+
+
 def run_command(args: argparse.Namespace) -> int:
     import kopf  # the operator's dependencies load only for `run`
 
     from densenet_operator import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=args.verbose)
+    liveness, shared_liveness = http_endpoints(args.liveness, args.metrics)
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=args.priority,
         namespaces=args.namespace or (),
         clusterwide=not args.namespace,
-        liveness_endpoint=args.liveness,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(metrics_url=args.metrics, liveness_path=shared_liveness),
     )
     return 0
 
@@ -112,6 +125,12 @@ def parser() -> argparse.ArgumentParser:
         "--liveness",
         metavar="URL",
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    run.add_argument(
+        "--metrics",
+        metavar="URL",
+        help="serve Prometheus metrics, e.g. http://0.0.0.0:8080/metrics (on the liveness "
+        "endpoint's port, one server answers both)",
     )
     run.add_argument("--verbose", "-v", action="store_true")
     run.set_defaults(func=run_command)

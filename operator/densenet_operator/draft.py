@@ -62,6 +62,10 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
     requeue_after: float | None = None
+    # What this pass decided, counted in the operator's metrics once its status is written.
+    finished: str | None = None  # Succeeded or Failed: this pass finishes the job
+    restart_cause: str | None = None  # "failure" or "disruption": this pass restarts the gang
+    first: bool = False  # the job had no phase: this pass gives it its first
 
 
 def by_replica_index(pod: PodRecord) -> int:
@@ -102,9 +106,11 @@ class Draft:
         new = {key: value for key, value in status.items() if key != "training"}
         new.update(worldSize=job.spec.world_size, observedGeneration=job.generation,
                    restarts=restarts, disruptions=disruptions)  # fmt: skip
-        return cls(job, now, status.get("phase") or PENDING, restarts, disruptions, new,
-                   list(status.get("conditions") or ()), pods, published_table,
-                   training=dict(status.get("training") or {}))  # fmt: skip
+        draft = cls(job, now, status.get("phase") or PENDING, restarts, disruptions, new,
+                    list(status.get("conditions") or ()), pods, published_table,
+                    training=dict(status.get("training") or {}))  # fmt: skip
+        draft.plan.first = not status.get("phase")
+        return draft
 
     @property
     def gang(self) -> int:
@@ -155,6 +161,7 @@ class Draft:
     def finish(self, to: str, reason: str, message: str) -> None:
         """Succeeded or Failed, with the pods cleanPodPolicy removes."""
         self.transition(to, reason, message, "Normal" if to == SUCCEEDED else "Warning")
+        self.plan.finished = to
         self.status["completionTime"] = format_time(self.now)
         self.plan.delete = pods_to_clean(self.live, self.policy.clean_pod_policy)
 
@@ -202,6 +209,7 @@ def restart_gang(draft: Draft, failure: Failure) -> None:
     counted = draft.current
     replicas, limit = draft.job.spec.replicas, draft.policy.backoff_limit
     draft.restarts += 1
+    draft.plan.restart_cause = "disruption" if failure.disruption else "failure"
     if failure.disruption:
         draft.disruptions += 1
         count = f"restart {draft.restarts}, a disruption: not counted against backoffLimit {limit}"

@@ -15,6 +15,7 @@ from densenet_operator import naming
 from densenet_operator.children import job_owner
 from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
+from densenet_operator.metrics import METRICS, CountedApiClient, serve
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.reconcile import Reconciler
 
@@ -37,7 +38,7 @@ async def _api_client() -> client.ApiClient:
         await config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 64
-    return client.ApiClient(configuration)
+    return CountedApiClient(configuration)
 
 
 def _record(body: Mapping[str, Any], event: Event) -> None:
@@ -61,7 +62,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
     async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
         try:
-            return await reconciler.reconcile(body, list(indices["pods"].get(key, ())))
+            with METRICS.reconciling():
+                return await reconciler.reconcile(body, list(indices["pods"].get(key, ())))
         except Exception as error:
             # Visible in `kubectl describe dnt`, not only in the operator's log; retried.
             _record(body, Event("Warning", "ReconcileError", str(error)[:1024]))
@@ -71,8 +73,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     indices: dict[str, Any] = {"pods": {}}
     memo.api = api
     memo.reconciler = reconciler
-    memo.job_tasks = JobTasks(run_pass)
+    memo.job_tasks = job_tasks = JobTasks(run_pass)
     memo.indices = indices
+    METRICS.serve_jobs(lambda: [task.body for task in job_tasks.tasks.values()])
+    memo.http = None
+    if memo.get("metrics_url"):  # from `densenet-operator run --metrics URL`
+        memo.http = await serve(memo.metrics_url, METRICS, memo.get("liveness_path"))
 
 
 @kopf.on.cleanup()
@@ -82,6 +88,8 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     )
     await memo.job_tasks.stop_all()
     await memo.api.close()
+    if memo.get("http"):
+        await memo.http.cleanup()
 
 
 def _job_of(body: Mapping[str, Any], labels: Mapping[str, str]) -> str | None:
@@ -142,7 +150,8 @@ async def job_changed(
     memo.indices["pods"] = kwargs["job_pods"]  # the live index, passed by its function's name
     key = (namespace or "", name)
     if event.get("type") == "DELETED":
-        await memo.job_tasks.stop(key)
+        if await memo.job_tasks.stop(key):  # once per job, however often the watch says so
+            METRICS.job_deleted(event["object"])
         memo.reconciler.forget(uid)
         return
     memo.job_tasks.update(key, event["object"])

@@ -56,14 +56,16 @@ class JobTasks:
         if job_task is not None:
             job_task.wakeup.set()
 
-    async def stop(self, key: Key) -> None:
+    async def stop(self, key: Key) -> bool:
+        """Ends the job's task; False when it had none."""
         job_task = self.tasks.pop(key, None)
         if job_task is None or job_task.asyncio_task is None:
-            return
+            return False
         if job_task.timer is not None:
             job_task.timer.cancel()
         job_task.asyncio_task.cancel()
         await asyncio.gather(job_task.asyncio_task, return_exceptions=True)
+        return True
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(key) for key in list(self.tasks)))

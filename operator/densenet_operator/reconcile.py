@@ -21,6 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, RANK_TABLE_KEY, VERSION
 from densenet_operator import children, lifecycle, naming, podgroup, pods, ranktable, rbac, service
 from densenet_operator.children import ChildConflict, ChildReplaced
+from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import Job, SpecError, parse_job
 from densenet_operator.status import FAILED, format_time, now_utc, set_condition
@@ -64,6 +65,7 @@ class Reconciler:
     tables: dict[str, str] = field(default_factory=dict)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: int = 0
+    metrics: Metrics = METRICS
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
@@ -159,11 +161,15 @@ class Reconciler:
         self.record(body, lifecycle.Event("Warning", "InvalidSpec", message))
         patch = {"phase": FAILED, "reason": "InvalidSpec", "message": message,
                  "completionTime": format_time(now_utc())}  # fmt: skip
-        return await self._call(
+        patched = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": patch},
             _content_type=MERGE_PATCH,
         )  # fmt: skip
+        self.metrics.pass_written(meta["namespace"], device_type_of(body),
+                                  first=not status.get("phase"), finished=FAILED,
+                                  restart_cause=None)  # fmt: skip
+        return patched
 
     async def _ensure_pod_group(self, job: Job) -> None:
         try:
@@ -300,6 +306,8 @@ class Reconciler:
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, ns, PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH,
             )  # fmt: skip
+            self.metrics.pass_written(ns, job.spec.device_type, first=plan.first,
+                                      finished=plan.finished, restart_cause=plan.restart_cause)  # fmt: skip
         self.written[job.ref.uid] = {k: v for k, v in plan.status.items() if k != "training"}
         if plan.rank_table is not None:
             await self._call(
@@ -307,6 +315,8 @@ class Reconciler:
                 naming.rank_table_configmap_name(name), ns,
                 {"data": {RANK_TABLE_KEY: plan.rank_table}}, _content_type=MERGE_PATCH,
             )  # fmt: skip
+            self.metrics.rank_table_written(self.tables.get(job.ref.uid), plan.rank_table,
+                                            plan.status)  # fmt: skip
             self.tables[job.ref.uid] = plan.rank_table
         gang = int(plan.status.get("restarts") or 0)
         # Deleted by UID: a name may meanwhile belong to another pod, which is never ours to end.

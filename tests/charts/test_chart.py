@@ -42,6 +42,8 @@ CHART = ROOT / "charts" / "densenet-operator"
 CHART_CRD_FILE = CHART / "files" / "crds" / f"{CRD_NAME}.yaml"
 KEEP = {"helm.sh/resource-policy": "keep"}
 LIVENESS = "http://0.0.0.0:8080/healthz"
+METRICS = "http://0.0.0.0:8080/metrics"  # the same port: one server answers both
+SERVE = ["run", "--liveness", LIVENESS, "--metrics", METRICS]
 
 
 HELM = str(find_tool("helm"))
@@ -125,7 +127,7 @@ def role_rules(docs: Sequence[dict[str, Any]]) -> set[tuple[str, str, str, str]]
     [
         {},
         {"replicas": 3, "watchNamespaces": ["team-a", "team-b"], "logLevel": "debug",
-         "metrics.enabled": True, "crds.keep": False},
+         "metrics.enabled": True, "metrics.serviceMonitor.enabled": True, "crds.keep": False},
         {"crds.enabled": False, "serviceAccount.create": False, "serviceAccount.name": "ops"},
     ],
     ids=["defaults", "everything-on", "bring-your-own"],
@@ -184,6 +186,10 @@ def test_default_render_has_the_operator_and_its_rbac() -> None:
         ({"watchNamespaces": ["Team_A"]}, "does not match pattern"),
         ({"peering.enabled": "auto"}, "want null or boolean"),
         ({"resources.limits.memory": "lots"}, "anyOf"),
+        ({"metrics.serviceMonitor.interval": "half a minute"}, "does not match pattern"),
+        ({"metrics.serviceMonitor.scrapeTimeout": ""}, "minLength"),
+        ({"metrics.serviceMonitor.labels": {"release": 1}}, "want string"),
+        ({"metrics.serviceMonitor.port": 9090}, "additional properties 'port' not allowed"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(values: dict[str, Any], message: str) -> None:
@@ -203,7 +209,7 @@ def test_schema_is_strict_at_every_level() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     free_maps = {"global", "nodeSelector", "podAnnotations", "requests", "limits",
-                 "nodeAffinity", "podAffinity", "podAntiAffinity"}  # fmt: skip
+                 "nodeAffinity", "podAffinity", "podAntiAffinity", "labels"}  # fmt: skip
 
     def walk(node: dict[str, Any], where: str) -> None:
         if "$ref" in node:
@@ -309,15 +315,15 @@ def test_deployment_defaults() -> None:
     # Standalone: two operators must never overlap, not even during a rollout.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "command" not in operator  # the image's ENTRYPOINT, densenet-operator
-    assert operator["args"] == ["run", "--liveness", LIVENESS]
+    assert operator["args"] == SERVE
     assert operator["image"] == "densenet-operator:0.1.0"
     assert operator["imagePullPolicy"] == "IfNotPresent"
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env["DENSENET_TRAINER_IMAGE"] == "densenet-trainer:0.1.0"
     probe = operator["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz"
-    assert probe["port"] in (8080, "health")
-    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in operator["ports"]
+    assert probe["port"] in (8080, "http")
+    assert {"name": "http", "containerPort": 8080, "protocol": "TCP"} in operator["ports"]
     assert operator["resources"]["requests"] and operator["resources"]["limits"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= (
         deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -389,7 +395,7 @@ def test_two_replicas_turn_peering_on() -> None:
     operator = container(docs)
     assert deployment["spec"]["replicas"] == 2
     assert "strategy" not in deployment["spec"]  # RollingUpdate: peering keeps one active
-    assert operator["args"] == ["run", "--liveness", LIVENESS, "--peering", "dn-densenet-operator"]
+    assert operator["args"] == [*SERVE, "--peering", "dn-densenet-operator"]
     assert operator["command"][:2] == ["/bin/sh", "-c"]
     assert "--priority" in operator["command"][2]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in (
@@ -445,14 +451,38 @@ def test_peering_priority_differs_per_pod(tmp_path: Path) -> None:
 
 
 def test_metrics_service_is_optional() -> None:
-    assert not [d for d in render() if d["kind"] == "Service"]
+    assert not [d for d in render() if d["kind"] in ("Service", "ServiceMonitor")]
     docs = render({"metrics.enabled": True})
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
     service = only(docs, "Service")
     (port,) = service["spec"]["ports"]
-    assert port["port"] == 8080 and port["targetPort"] in (8080, "health")
+    assert port["name"] == "metrics" and port["port"] == 8080
+    # The Service's target is the container port that serves /metrics.
+    operator = container(docs)
+    (served,) = [p for p in operator["ports"] if p["name"] == port["targetPort"]]
+    assert served["containerPort"] == 8080
+    assert flag_values(operator["args"], "--metrics") == ["http://0.0.0.0:8080/metrics"]
     assert service["spec"]["selector"].items() <= (
         only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
     )
+
+
+def test_service_monitor_scrapes_the_metrics_service() -> None:
+    docs = render({"metrics.serviceMonitor": {"enabled": True, "labels": {"release": "kps"},
+                                              "interval": "15s", "scrapeTimeout": "5s"}})  # fmt: skip
+    service = only(docs, "Service")  # the monitor brings its Service
+    monitor = only(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {
+        "matchNames": [service["metadata"]["namespace"]]
+    }
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": service["spec"]["ports"][0]["name"], "path": "/metrics",
+                        "interval": "15s", "scrapeTimeout": "5s"}  # fmt: skip
 
 
 def test_existing_service_account() -> None:
@@ -688,7 +718,7 @@ def test_install_brings_up_the_operator_and_uninstall_keeps_only_the_crd(
 
     deployment = kubectl.json("get", "deployment", full, "-n", ns)
     (operator,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert operator["args"] == ["run", "--liveness", LIVENESS]
+    assert operator["args"] == SERVE
     assert operator["securityContext"]["readOnlyRootFilesystem"] is True
     # KWOK nodes have no container runtime: the image is never pulled. The Deployment's
     # ReplicaSet and pod exist, and the real scheduler places the pod on a fake node.

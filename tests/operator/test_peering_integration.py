@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from tests.operator.conftest import ROOT, Jobs, OperatorProcess, wait_for
+from tests.operator.test_metrics_integration import sample, scrape
 from tests.operator.test_operator_integration import small_job
 
 pytestmark = pytest.mark.integration
 PEERING_CRDS = ROOT / "charts" / "densenet-operator" / "crds" / "kopf-peering.yaml"
+CREATED = "densenet_operator_jobs_created_total"
+RESTARTED = "densenet_operator_jobs_restarted_total"
 
 
 def test_two_replicas_with_peering_do_not_both_act(
@@ -69,6 +72,9 @@ def run_peers(kubectl: Any, namespace: str, high: OperatorProcess, low: Operator
         assert f"{namespace}/peered:" in high.log_path.read_text()  # it reconciled the job
         assert f"{namespace}/peered:" not in low.log_path.read_text()  # the paused one never did
         assert "Resuming operations" not in low.log_path.read_text()
+        job = {"job_namespace": namespace, "device_type": "ascend"}
+        assert sample(scrape(high), CREATED, **job) == 1
+        assert sample(scrape(low), CREATED, **job) == 0  # the paused replica counts nothing
         # Failover: the active replica goes away, the paused one takes the job over.
         high.stop()
         wait_for(
@@ -81,6 +87,10 @@ def run_peers(kubectl: Any, namespace: str, high: OperatorProcess, low: Operator
             what="the low replica to reconcile",
         )
         assert jobs.wait_phase("peered", "Running", timeout=60)["restarts"] == 1
+        # The job was created once, and counted by the replica that wrote its first phase.
+        counted = scrape(low)
+        assert sample(counted, CREATED, **job) == 0
+        assert sample(counted, RESTARTED, **job, cause="disruption") == 1
     finally:
         for replica in replicas:
             replica.stop()
