@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on this machine, idempotently: the virtualenv with
-# the operator, trainer and dev dependencies, kubectl and helm, and the Go-built local
-# control plane. Cheap when everything is already there.
+# the operator, trainer and dev dependencies, kubectl and helm, the Go-built local control
+# plane, and (as root) the Debian packages of the real node (hack/realnode.py). Cheap when
+# everything is already there.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,6 +12,24 @@ mkdir -p "$cache"
 cd "$root"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+# The real node: containerd, runc, CNI plugins; catatonit (the pause image), busybox (the
+# tests' probe image) and buildah to make those images; socat (the apiserver's forwarder).
+REAL_NODE_PACKAGES=(containerd runc containernetworking-plugins catatonit busybox-static buildah
+  socat iptables conntrack iproute2)
+if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for package in "${REAL_NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages for the real node: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
 
 if ! command -v uv >/dev/null 2>&1; then
   log "installing uv"
