@@ -77,7 +77,8 @@ class Cluster:
     bin_dir: Path | None = None  # None for a cluster this module did not start
     workdir: Path | None = None
     reused: bool = False
-    nodes: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # the fake (KWOK) nodes
+    real_nodes: tuple[str, ...] = ()  # nodes with a kubelet (realnode.py)
 
     @property
     def kubeconfig(self) -> Path:

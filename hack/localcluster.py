@@ -85,10 +85,10 @@ def start(
         for product, count in (products or {}).items():
             names += fakenodes.ensure_product_nodes(cluster, product, count, timeout=timeout)
         site = controlplane.real_node_site(name, cluster.bin_dir)
-        names += tuple(realnode.ensure_nodes(site, cluster.kubectl, real_nodes, timeout=timeout))
+        real = tuple(realnode.ensure_nodes(site, cluster.kubectl, real_nodes, timeout=timeout))
         wait_default_service_account(cluster.kubectl, "default", timeout)
     log(f"cluster {name!r} ready in {time.monotonic() - started:.1f} s: {cluster.kubeconfig}")
-    return dataclasses.replace(cluster, nodes=names)
+    return dataclasses.replace(cluster, nodes=names, real_nodes=real)
 
 
 def load_image(cluster: Cluster, archive: Path) -> list[str]:

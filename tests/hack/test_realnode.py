@@ -10,6 +10,7 @@ import ipaddress
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import controlplane
@@ -30,7 +31,7 @@ POD_NET = realnode_config.POD_NET_BASE
 def real_node(cluster: localcluster.Cluster) -> str:
     if missing := realnode.missing_requirements():
         pytest.skip(f"this machine cannot run a real node: needs {', '.join(missing)}")
-    if REAL_NODE not in cluster.nodes:
+    if REAL_NODE not in cluster.real_nodes:
         pytest.skip("the session cluster has no real node (DENSENET_REAL_NODES=0?)")
     return REAL_NODE
 
@@ -272,6 +273,10 @@ def test_down_leaves_nothing_behind(cluster: localcluster.Cluster, probe_image: 
     paths, plan = site.paths(0), realnode.recorded_network_plan(name)
     assert plan is not None
     markers = [f"{paths.root}/", f"{paths.state}/"]
+    # kwokctl was told not to add the cluster to the user's kubeconfig.
+    user_kubeconfig = Path.home() / ".kube" / "config"
+    if user_kubeconfig.is_file():
+        assert f"kwok-{name}" not in user_kubeconfig.read_text()
     try:
         localcluster.load_image(other, realnode_images.build_image(
             realnode_images.probe_image(), controlplane.cache_dir()))  # fmt: skip
