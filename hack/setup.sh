@@ -65,4 +65,19 @@ ln -sf "$tools/kubectl" .venv/bin/kubectl
 ln -sf "$tools/helm" .venv/bin/helm
 
 bash hack/build-control-plane.sh >/dev/null
+
+# --- images: buildah and mmdebstrap build docker/*.Dockerfile on a local Debian base ----------
+# (hack/images.py; docs/images.md). Debian packages, as root; the images themselves are cached
+# by content under $cache/images, so a warm build is seconds. DENSENET_SKIP_IMAGES=1 skips them.
+if [[ ${DENSENET_SKIP_IMAGES:-0} != 1 ]]; then
+  if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+    [[ $(id -u) -eq 0 ]] || { log "buildah and mmdebstrap are missing: run me as root"; exit 1; }
+    log "installing buildah and mmdebstrap"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap >/dev/null
+  fi
+  log "images (a cold build takes minutes)"
+  .venv/bin/python hack/images.py build >&2
+fi
+# --- end images
 log "ready: $(.venv/bin/kubectl version --client 2>/dev/null | head -1); helm $(.venv/bin/helm version --short 2>/dev/null)"
