@@ -91,10 +91,12 @@ def start(
     return dataclasses.replace(cluster, nodes=names, real_nodes=real)
 
 
-def load_image(cluster: Cluster, archive: Path) -> list[str]:
+def load_image(cluster: Cluster, archive: Path, ref: str | None = None) -> list[str]:
     """Import an image archive (OCI or docker-archive) into every real node's containerd, where
-    pods find it (imagePullPolicy IfNotPresent or Never); returns the image's names."""
-    return realnode.load_image(controlplane.real_node_site(cluster.name, cluster.bin_dir), archive)
+    pods find it (imagePullPolicy IfNotPresent or Never); returns the image's names. With
+    `ref`, the image's name, nodes that already have it are skipped."""
+    site = controlplane.real_node_site(cluster.name, cluster.bin_dir)
+    return realnode.load_image(site, archive, ref)
 
 
 def status(name: str = DEFAULT_NAME) -> dict[str, Any]:

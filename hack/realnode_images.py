@@ -125,12 +125,21 @@ def imported_refs(ctr_output: str) -> list[str]:
     return IMPORTED.findall(ctr_output)
 
 
+def images_present(socket: Path) -> set[str]:
+    """The image names containerd at `socket` has in its `k8s.io` namespace."""
+    proc = subprocess.run(
+        ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "list", "--quiet"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return set(proc.stdout.split()) if proc.returncode == 0 else set()
+
+
 def load_image(archive: Path, socket: Path) -> list[str]:
     """Import an image archive (OCI or docker-archive) into containerd's `k8s.io` namespace
     at `socket`; returns the names it now has there."""
     proc = subprocess.run(
         ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "import",
-         "--no-unpack=false", str(archive)],
+         str(archive)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import controlplane
+import images
 import localcluster
 import pytest
 import realnode
@@ -311,3 +312,20 @@ def test_down_leaves_nothing_behind(cluster: localcluster.Cluster, probe_image: 
     assert not {c for c in added if "KUBE" in c or "CNI" in c}
     assert not paths.root.exists() and not paths.state.exists()
     assert realnode.recorded_network_plan(name) is None
+
+
+def test_the_trainer_image_runs_on_the_real_node(
+    cluster: localcluster.Cluster, kubectl: Kubectl, namespace: str, real_node: str
+) -> None:
+    """The trainer image of hack/images.py (docker/trainer.Dockerfile), loaded from its
+    archive, starts its entry point in a pod on the real node."""
+    trainer = images.ensure_images(["trainer"])["trainer"]
+    assert trainer.ref in localcluster.load_image(cluster, trainer.archive, trainer.ref)
+    pod = probe_pod("trainer-help", trainer.ref, "exec densenet-train --help")
+    pod["spec"]["containers"][0].pop("securityContext")
+    kubectl.apply(pod, "-n", namespace)
+    ended = terminated(kubectl, namespace, "trainer-help")
+    assert ended["exitCode"] == 0, ended
+    logs = kubectl("logs", "-n", namespace, "trainer-help").stdout
+    assert logs.startswith("usage: densenet-train ")
+    assert _pod(kubectl, namespace, "trainer-help")["spec"]["nodeName"] == real_node
