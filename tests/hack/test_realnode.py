@@ -21,7 +21,7 @@ import realnode
 import realnode_cleanup
 import realnode_config
 import realnode_images
-from testsupport import Kubectl, create_namespace, wait_for
+from testsupport import Kubectl, KubectlError, create_namespace, wait_for
 
 pytestmark = pytest.mark.integration
 REAL_NODE = realnode_config.node_name(0)
@@ -135,19 +135,23 @@ def test_pods_talk_tcp_through_a_service_and_its_dns_names(
     kubectl.apply(services, "-n", namespace)
     server_ip = run_pod(kubectl, namespace, server)["status"]["podIP"]
     run_pod(kubectl, namespace, probe_pod("client", probe_image, "sleep 3600"))
-    # Pod to pod, by IP.
-    assert exec_in(kubectl, namespace, "client", "nc", "-w", "5", server_ip, "8080") == "pong\n"
+    # Pod to pod, by IP (once the server listens: a container is ready when it starts).
+    assert ask(kubectl, namespace, server_ip) == "pong\n"
     # The headless Service's pod name (what the job's rank table and torchrun use).
     fqdn = f"server.probes.{namespace}.svc.cluster.local"
     assert resolve(kubectl, namespace, fqdn) == server_ip
     # A ClusterIP Service, by its short name (the search path) through kube-proxy's rules.
     cluster_ip = kubectl.json("get", "service", "pong", "-n", namespace)["spec"]["clusterIP"]
     assert resolve(kubectl, namespace, "pong") == cluster_ip
-    reply = wait_for(
-        lambda: exec_in(kubectl, namespace, "client", "nc", "-w", "5", "pong", "8080"),
-        30, what="a reply through the Service",
+    assert ask(kubectl, namespace, "pong") == "pong\n"
+
+
+def ask(kubectl: Kubectl, namespace: str, server: str) -> str:
+    """The server's reply on port 8080 to the client pod, retried until it answers."""
+    return wait_for(
+        lambda: exec_in(kubectl, namespace, "client", "nc", "-w", "5", server, "8080"),
+        30, what=f"a reply from {server}", retry_on=(KubectlError,),
     )  # fmt: skip
-    assert reply == "pong\n"
 
 
 def resolve(kubectl: Kubectl, namespace: str, name: str) -> str:
