@@ -277,7 +277,7 @@ def ensure_forwarder(site: Site, plan: NetworkPlan, port: int) -> None:
     )
 
 
-def stop_host_side(site: Site, plan: NetworkPlan) -> None:
+def stop_host_side(plan: NetworkPlan) -> None:
     _terminate(processes_using([f"bind={plan.host_ip},"]))
     if _link_exists(plan.bridge):
         _run("ip", "link", "delete", plan.bridge)
@@ -502,7 +502,7 @@ def stop_nodes(site: Site) -> None:
         stop_node(site.paths(index))
     plan = recorded_network_plan(site.name)
     if plan is not None:
-        stop_host_side(site, plan)
+        stop_host_side(plan)
     shutil.rmtree(site.run, ignore_errors=True)
     shutil.rmtree(site.cache / "realnode" / site.name, ignore_errors=True)
     restore_sysctls()

@@ -120,6 +120,18 @@ def remove_cgroups(cgroup_root: str, timeout: float = 10) -> list[Path]:
     return left
 
 
+def _delegate_controllers(parent: Path) -> None:
+    """cgroup v2: hand every controller our folder `parent` has down to its children (the
+    kubelet wants cpu, memory, pids... in its cgroupRoot). Our folders hold no processes, so
+    this is allowed; a controller the kernel refuses is left out."""
+    available = (parent / "cgroup.controllers").read_text().split()
+    enabled = set((parent / "cgroup.subtree_control").read_text().split())
+    for controller in available:
+        if controller not in enabled:
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+
+
 def make_cgroups(cgroup_root: str) -> None:
     """The kubelet's cgroupRoot in every hierarchy (it refuses one that does not exist); a
     new v1 cpuset starts empty, so it gets its parent's CPUs and memory nodes."""
@@ -127,6 +139,9 @@ def make_cgroups(cgroup_root: str) -> None:
         path = hierarchy
         for part in Path(cgroup_root.lstrip("/")).parts:
             parent, path = path, path / part
+            # Below the hierarchy's root only: the machine's own delegation is left as it is.
+            if parent != hierarchy and (parent / "cgroup.subtree_control").is_file():
+                _delegate_controllers(parent)
             if path.is_dir():
                 continue
             path.mkdir()
