@@ -9,11 +9,11 @@ Dockerfiles on it through their base-image build args, exactly as a user's `dock
 on a registry's base:
 
 - operator: docker/operator.Dockerfile on Debian bookworm's Python 3.11 (`PYTHON_IMAGE`);
-- trainer (CPU flavour): docker/trainer.Dockerfile with `EXTRAS=trainer` on Debian trixie with
-  Debian's own CPU build of torch 2.6 and torchvision (`BASE_IMAGE`). PyPI's Linux torch wheels
-  all pull the CUDA libraries (several GB of nvidia-* wheels, which libtorch links and cannot
-  import without); bookworm's torch (1.13) is older than pyproject.toml's torch>=2.4. pip keeps
-  the torch it finds, as the Dockerfile says, and installs the rest of the trainer extra.
+- trainer (CPU flavour): docker/trainer.Dockerfile with `EXTRAS=trainer` (`BASE_IMAGE`) on the
+  same root with a virtualenv on PATH. torch comes from PyPI, whose Linux wheels need the CUDA
+  libraries (nvidia-* wheels) to import even on a CPU: libtorch links them. The smaller CPU
+  builds are out of reach or broken here (docs/images.md): none on PyPI, bookworm's torch is
+  1.13, and trixie's torch 2.6 lacks libuv, which torchrun's TCPStore requires.
 
 Each image is saved as a docker-archive tar (what containerd's `ctr -n k8s.io images import`
 takes, tag included) under `$DENSENET_CACHE/images` (default ~/.cache/densenet-operator/images).
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -45,21 +46,28 @@ CONTEXT_FILES = ("pyproject.toml", "README.md")
 CONTEXT_TREES = ("operator", "trainer")
 SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
+DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Debian's CA bundle, which Debian's pip (the bases' pip) reads.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """A minimal Debian root made by mmdebstrap, with the packages an image's Dockerfile needs."""
+    """A minimal Debian root made by mmdebstrap with `packages`, then `setup` run in it."""
 
     name: str
     suite: str
     packages: tuple[str, ...]
+    setup: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
 
+    def root_digest(self) -> str:
+        """The Debian root's: suite and packages (its tar is reused when only `setup` changes)."""
+        text = "\n".join([RECIPE_VERSION, self.suite, *sorted(self.packages)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def digest(self) -> str:
-        text = "\n".join([RECIPE_VERSION, self.suite, *sorted(self.packages), *map(str, self.env)])
+        text = "\n".join([self.root_digest(), *self.setup, *map(str, self.env)])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -74,21 +82,14 @@ PYTHON_BASE = BaseRecipe(
     suite="bookworm",
     packages=("python3", "python3-venv", "python-is-python3", "passwd", "ca-certificates"),
 )
-# Debian's CPU torch; pip installs into the system Python as in pytorch/* images (PEP 668's
-# marker is Debian's guard against mixing apt and pip, which this single-purpose image wants).
-TORCH_CPU_BASE = BaseRecipe(
-    name="torch-cpu",
-    suite="trixie",
-    packages=(
-        "python3",
-        "python3-pip",
-        "python-is-python3",
-        "passwd",
-        "ca-certificates",
-        "python3-torch",
-        "python3-torchvision",
-    ),
-    env=(("PIP_BREAK_SYSTEM_PACKAGES", "1"),),
+# The same root with a virtualenv first on PATH, as the python in python:* and pytorch/* images
+# is: the trainer's `python3 -m pip install` goes there (Debian's own Python refuses pip
+# installs, PEP 668). torch comes from PyPI through the trainer extra.
+PYTHON_VENV_BASE = dataclasses.replace(
+    PYTHON_BASE,
+    name="python-venv",
+    setup=("python3 -m venv /opt/venv",),
+    env=(("PATH", "/opt/venv/bin:" + DEBIAN_PATH),),
 )
 
 
@@ -113,7 +114,7 @@ RECIPES: Mapping[str, ImageRecipe] = {
     "trainer": ImageRecipe(
         "trainer",
         "docker/trainer.Dockerfile",
-        TORCH_CPU_BASE,
+        PYTHON_VENV_BASE,
         "BASE_IMAGE",
         (("EXTRAS", "trainer"),),
     ),
@@ -226,7 +227,7 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
     """The base image in buildah's storage, from its cached root tar or a new mmdebstrap."""
     if in_storage(recipe.ref):
         return
-    tar = cache / f"base-{recipe.name}-{recipe.digest()}.tar"
+    tar = cache / f"debian-{recipe.suite}-{recipe.root_digest()}.tar"
     log = cache / f"base-{recipe.name}.log"
     log.write_text("")
     if not tar.exists():
@@ -236,11 +237,18 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
     ).stdout.strip()
     try:
         _run(["buildah", "add", container, str(tar), "/"], log)
-        env = [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")]
-        env += [("LANG", "C.UTF-8"), *recipe.env]
+        for command in recipe.setup:
+            _run(["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command])
+        env = [("PATH", DEBIAN_PATH), ("LANG", "C.UTF-8"), *recipe.env]
         config = [arg for key, value in env for arg in ("--env", f"{key}={value}")]
         _run(["buildah", "config", *config, "--cmd", "python3", container], log)
         _run(["buildah", "commit", "--rm", container, recipe.ref], log)
+        _prune(
+            recipe.ref.rpartition(":")[0],
+            recipe.ref,
+            cache.glob(f"debian-{recipe.suite}-*.tar"),
+            keep=tar,
+        )
     except BaseException:
         subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
         raise
@@ -266,6 +274,26 @@ def _build(recipe: ImageRecipe, ref: str, archive: Path, root: Path) -> None:
     partial.rename(archive)
 
 
+def _require_tools() -> None:
+    for tool in ("buildah", "mmdebstrap"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} not found: hack/setup.sh installs it (Debian package)")
+
+
+def _prune(repository: str, keep_ref: str, files: Iterable[Path], keep: Path) -> None:
+    """Remove `repository`'s other tags from buildah's storage and the other cached `files`."""
+    listed = subprocess.run(
+        ["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}", repository],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    stale = [ref for ref in listed if ref != keep_ref and ref.startswith(repository + ":")]
+    if stale:
+        subprocess.run(["buildah", "rmi", *stale], capture_output=True, check=False)
+    for path in files:
+        if path.with_suffix("") != keep.with_suffix(""):
+            path.unlink(missing_ok=True)
+
+
 def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltImage:
     """The image for the sources as they are now: built unless its archive is already cached."""
     start = time.monotonic()
@@ -273,8 +301,11 @@ def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltIm
     archive = archive_path(ref, cache)
     cached = archive.exists()
     if not cached:
+        _require_tools()
         ensure_base(recipe.base, cache)
         _build(recipe, ref, archive, root)
+        # One image per name: a trainer image is GBs, and every source change makes another.
+        _prune(recipe.repository, ref, cache.glob(f"densenet-{recipe.name}-*"), keep=archive)
     return BuiltImage(
         name=recipe.name, ref=ref, archive=archive, size_bytes=archive.stat().st_size,
         seconds=time.monotonic() - start, cached=cached,
@@ -288,9 +319,6 @@ def ensure_images(
     unknown = set(names) - set(RECIPES)
     if unknown:
         raise ValueError(f"unknown images {sorted(unknown)}; known: {sorted(RECIPES)}")
-    for tool in ("buildah", "mmdebstrap"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} not found: hack/setup.sh installs it (Debian package)")
     cache = cache or cache_dir()
     with _locked(cache):
         return {name: ensure_image(RECIPES[name], cache) for name in names}
