@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane from Go modules, once per machine:
-# kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes), etcd and
-# KWOK (kwok, kwokctl). Binaries land in $DENSENET_CACHE/bin-<versions>; a binary that is
+# kube-apiserver, kube-controller-manager, kube-scheduler, and for the real node kubelet and
+# kube-proxy (k8s.io/kubernetes), etcd, KWOK (kwok, kwokctl) and CoreDNS. Binaries land in $DENSENET_CACHE/bin-<versions>; a binary that is
 # already there is not rebuilt, and Go's module and build caches make a rebuild cheap.
 # Prints the bin directory on its last line.
 set -euo pipefail
@@ -9,6 +9,7 @@ set -euo pipefail
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
+COREDNS_VERSION=v1.13.1 # keep in step with hack/coredns/go.mod
 
 hack_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${DENSENET_CACHE:-$HOME/.cache/densenet-operator}
@@ -38,6 +39,8 @@ build() { # name, module dir, package, ldflags
 build kube-apiserver "$hack_dir/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kube-controller-manager "$hack_dir/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 build kube-scheduler "$hack_dir/kube" k8s.io/kubernetes/cmd/kube-scheduler "$kube_ldflags"
+build kubelet "$hack_dir/kube" k8s.io/kubernetes/cmd/kubelet "$kube_ldflags"
+build kube-proxy "$hack_dir/kube" k8s.io/kubernetes/cmd/kube-proxy "$kube_ldflags"
 build etcd "$hack_dir/etcd" . "-s -w"
 
 for tool in kwok kwokctl; do
@@ -49,5 +52,9 @@ for tool in kwok kwokctl; do
     "sigs.k8s.io/kwok/cmd/$tool@$KWOK_VERSION"
   log "built $tool in $((SECONDS - start)) s"
 done
+
+# CoreDNS (hack/coredns: only the plugins the real nodes' Corefile uses) serves the cluster's
+# Service and pod DNS names to the real nodes' pods.
+build "coredns-$COREDNS_VERSION" "$hack_dir/coredns" . "-s -w"
 
 echo "$bin"

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import realnode
+from realnode_config import KUBERNETES_SERVICE_IP, NetworkPlan
 from testsupport import REPO_ROOT, ClusterError, Kubectl, KubectlError, find_tool, wait_for
 
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-control-plane.sh"
@@ -75,7 +77,8 @@ class Cluster:
     bin_dir: Path | None = None  # None for a cluster this module did not start
     workdir: Path | None = None
     reused: bool = False
-    nodes: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # the fake (KWOK) nodes
+    real_nodes: tuple[str, ...] = ()  # nodes with a kubelet (realnode.py)
 
     @property
     def kubeconfig(self) -> Path:
@@ -118,8 +121,14 @@ def ensure_binaries() -> Path:
     return bin_dir
 
 
-def render_kwokctl_config(bin_dir: Path, kubectl: Path) -> dict[str, Any]:
-    """The KwokctlConfiguration: binary runtime, every binary local, RBAC and admission on."""
+def render_kwokctl_config(
+    bin_dir: Path, kubectl: Path, pki: Path, real_node_network: NetworkPlan | None = None
+) -> dict[str, Any]:
+    """The KwokctlConfiguration: binary runtime, every binary local, RBAC and admission on;
+    kwok-controller managing only the fake nodes (annotated `kwok.x-k8s.io/node: fake`); and,
+    for real nodes, the apiserver advertised on the host bridge (behind the `kubernetes`
+    Service), its certificate valid there, and the kubelets reached by InternalIP with the
+    cluster's admin certificate (for logs and exec)."""
     options: dict[str, Any] = {
         "runtime": "binary",
         "components": list(COMPONENTS),
@@ -140,11 +149,31 @@ def render_kwokctl_config(bin_dir: Path, kubectl: Path) -> dict[str, Any]:
         "disableQPSLimits": True,
         "quietPull": True,
     }
+    patches: list[dict[str, Any]] = [
+        _patch("kwok-controller", {
+            "manage-all-nodes": "false",
+            "manage-nodes-with-annotation-selector": "kwok.x-k8s.io/node=fake",
+        })
+    ]  # fmt: skip
+    if real_node_network is not None:
+        options["kubeApiserverCertSANs"] = [real_node_network.host_ip, KUBERNETES_SERVICE_IP]
+        patches.append(_patch("kube-apiserver", {
+            "advertise-address": real_node_network.host_ip,
+            "kubelet-preferred-address-types": "InternalIP",
+            "kubelet-client-certificate": str(pki / "admin.crt"),
+            "kubelet-client-key": str(pki / "admin.key"),
+        }))  # fmt: skip
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
         "options": options,
+        "componentsPatches": patches,
     }
+
+
+def _patch(component: str, args: dict[str, str]) -> dict[str, Any]:
+    """Extra flags for a component (appended: they win over kwokctl's own)."""
+    return {"name": component, "extraArgs": [{"key": k, "value": v} for k, v in args.items()]}
 
 
 def _kwokctl(
@@ -256,10 +285,13 @@ def api_ready(kubectl: Kubectl) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
-def _healthy(name: str, bin_dir: Path, kubectl: Path) -> bool:
-    """Running with our configuration: every component alive and the apiserver ready."""
+def _healthy(name: str, bin_dir: Path, kubectl: Path, config: dict[str, Any] | None = None) -> bool:
+    """Running with our binaries (and `config`, when given): every component alive and the
+    apiserver ready."""
     state = _load_state(name)
     if state is None or state.get("bin_dir") != str(bin_dir):
+        return False
+    if config is not None and state.get("config") != config:
         return False
     if not kubeconfig_path(name).is_file():
         return False
@@ -399,19 +431,23 @@ def up(
     bin_dir: Path | None = None,
     timeout: float = 180,
     device_plugin: bool | None = None,
+    real_nodes: bool = False,
 ) -> Cluster:
     """The control plane `name` with its apiserver ready: reused when it already runs healthy
-    with these binaries, else (re)created; and the device plugin running unless
-    `device_plugin` is False (None: `device_plugin_enabled()`). Call it holding
+    with these binaries and this configuration, else (re)created; and the device plugin
+    running unless `device_plugin` is False (None: `device_plugin_enabled()`). With
+    `real_nodes`, configured for them (realnode.py starts them). Call it holding
     `locked(name)`."""
     bin_dir = bin_dir or ensure_binaries()
     kubectl = find_tool("kubectl")
-    reused = _healthy(name, bin_dir, kubectl)
+    network = realnode.network_plan(name) if real_nodes else None
+    config = render_kwokctl_config(bin_dir, kubectl, cluster_dir(name) / "pki", network)
+    reused = _healthy(name, bin_dir, kubectl, config)
     if reused:
         log(f"reusing running cluster {name!r}")
     else:
         _stop_locked(name, bin_dir, kubectl, quiet=True)
-        _create(name, bin_dir, kubectl, timeout)
+        _create(name, bin_dir, kubectl, timeout, config)
     cluster = _cluster(name, bin_dir, kubectl, reused)
     wait_for(
         lambda: api_ready(cluster.kubectl),
@@ -426,17 +462,20 @@ def up(
     return cluster
 
 
-def _create(name: str, bin_dir: Path, kubectl: Path, timeout: float) -> None:
+def _create(
+    name: str, bin_dir: Path, kubectl: Path, timeout: float, config: dict[str, Any]
+) -> None:
     workdir = cluster_dir(name)
     kwok_workdir().mkdir(parents=True, exist_ok=True)
     config_file = kwok_workdir() / f"{name}.kwokctl.json"
-    config_file.write_text(json.dumps(render_kwokctl_config(bin_dir, kubectl), indent=2) + "\n")
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
     log_file = kwok_workdir() / f"{name}.kwokctl.log"
     log_file.write_text("")
     log(f"creating cluster {name!r} in {workdir}")
     proc = _kwokctl(
         bin_dir, kubectl, "create", "cluster", "--name", name, "--config", str(config_file),
-        "--timeout", f"{int(timeout)}s", timeout=timeout + 30, log_file=log_file,
+        "--timeout", f"{int(timeout)}s", "--kubeconfig=", timeout=timeout + 30,
+        log_file=log_file,
     )  # fmt: skip
     if proc.returncode != 0:
         detail = _component_log_tail(name)
@@ -444,15 +483,19 @@ def _create(name: str, bin_dir: Path, kubectl: Path, timeout: float) -> None:
         raise ClusterError(
             f"kwokctl create cluster failed ({proc.returncode}):\n{proc.stderr.strip()}\n{detail}"
         )
-    state = {"bin_dir": str(bin_dir), "kubectl": str(kubectl), "created": time.time()}
+    state = {"bin_dir": str(bin_dir), "kubectl": str(kubectl), "created": time.time(),
+             "config": config}  # fmt: skip
     (workdir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
 def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: bool) -> None:
     workdir = cluster_dir(name)
     stop_device_plugin(name)
+    realnode.stop_nodes(real_node_site(name, bin_dir))
     if workdir.exists() and bin_dir is not None and kubectl is not None:
-        proc = _kwokctl(bin_dir, kubectl, "delete", "cluster", "--name", name, timeout=120)
+        proc = _kwokctl(
+            bin_dir, kubectl, "delete", "cluster", "--name", name, "--kubeconfig=", timeout=120
+        )
         if proc.returncode != 0 and not quiet:
             log(f"kwokctl delete cluster failed ({proc.returncode}): {proc.stderr.strip()}")
     # Whatever kwokctl missed (no pid file, kwokctl absent or failing): every process still
@@ -485,7 +528,15 @@ def stop(name: str = DEFAULT_NAME) -> None:
         _stop_locked(name, bin_dir, kubectl, quiet=False)
         for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log"):
             (kwok_workdir() / leftover).unlink(missing_ok=True)
+        realnode.release_network_plan(name)
     log(f"cluster {name!r} stopped")
+
+
+def real_node_site(name: str, bin_dir: Path | None) -> realnode.Site:
+    """Where cluster `name`'s real nodes live and what they run."""
+    return realnode.Site(
+        name, cache_dir(), cluster_dir(name) / "pki", bin_dir or Path("/nonexistent")
+    )
 
 
 def connect(name: str = DEFAULT_NAME) -> Cluster:

@@ -10,6 +10,8 @@ fake Ascend nodes of fakenodes.py and the simulated Ascend device plugin of devi
     python hack/localcluster.py up [--name densenet] [--nodes 4]   # last line: kubeconfig path
     python hack/localcluster.py up --products 910b=2,a3-superpod=2  # and nodes of other products
     python hack/localcluster.py up --no-device-plugin              # pods stay unannotated
+    python hack/localcluster.py up --real-nodes 0                   # no real node (realnode.py)
+    python hack/localcluster.py load-image ARCHIVE                  # into the real nodes
     python hack/localcluster.py status
     python hack/localcluster.py down
     python hack/localcluster.py add-node NAME [--product 910b] / delete-node NAME
@@ -31,6 +33,7 @@ from typing import Any
 
 import controlplane
 import fakenodes
+import realnode
 from controlplane import DEFAULT_NAME, Cluster, ClusterError, connect, log, stop
 from fakenodes import DEFAULT_NODES, add_node, delete_node
 from testsupport import TimedOut, service_account_kubeconfig, wait_default_service_account
@@ -44,6 +47,7 @@ __all__ = [
     "add_node",
     "connect",
     "delete_node",
+    "load_image",
     "service_account_kubeconfig",
     "start",
     "status",
@@ -59,26 +63,40 @@ def start(
     timeout: float = 180,
     products: Mapping[str, int] | None = None,
     device_plugin: bool | None = None,
+    real_nodes: int | None = None,
 ) -> Cluster:
     """Start the cluster, or reuse it when it already runs healthy; wait for nodes Ready.
 
     `nodes` 910 nodes (`ascend-node-<i>`), plus `products[p]` nodes of each product p
-    (`ascend-<p>-<i>`, see fakenodes.PRODUCTS). The device plugin runs unless `device_plugin`
-    is False (None: unless DENSENET_DEVICE_PLUGIN=0).
+    (`ascend-<p>-<i>`, see fakenodes.PRODUCTS), plus `real_nodes` real nodes (`real-node-<i>`,
+    see realnode.py; None: `realnode.default_count()`, 1 on a machine that can run one). The
+    device plugin runs unless `device_plugin` is False (None: unless DENSENET_DEVICE_PLUGIN=0).
     """
     started = time.monotonic()
+    real_nodes = realnode.default_count() if real_nodes is None else real_nodes
     with controlplane.locked(name):
         cluster = controlplane.up(
-            name, bin_dir=bin_dir, timeout=timeout, device_plugin=device_plugin
-        )
+            name, bin_dir=bin_dir, timeout=timeout, device_plugin=device_plugin,
+            real_nodes=real_nodes > 0,
+        )  # fmt: skip
         names = fakenodes.ensure_nodes(
             cluster, fakenodes.default_node_names(nodes), timeout=timeout
         )
         for product, count in (products or {}).items():
             names += fakenodes.ensure_product_nodes(cluster, product, count, timeout=timeout)
+        site = controlplane.real_node_site(name, cluster.bin_dir)
+        real = tuple(realnode.ensure_nodes(site, cluster.kubectl, real_nodes, timeout=timeout))
         wait_default_service_account(cluster.kubectl, "default", timeout)
     log(f"cluster {name!r} ready in {time.monotonic() - started:.1f} s: {cluster.kubeconfig}")
-    return dataclasses.replace(cluster, nodes=names)
+    return dataclasses.replace(cluster, nodes=names, real_nodes=real)
+
+
+def load_image(cluster: Cluster, archive: Path, ref: str | None = None) -> list[str]:
+    """Import an image archive (OCI or docker-archive) into every real node's containerd, where
+    pods find it (imagePullPolicy IfNotPresent or Never); returns the image's names. With
+    `ref`, the image's name, nodes that already have it are skipped."""
+    site = controlplane.real_node_site(cluster.name, cluster.bin_dir)
+    return realnode.load_image(site, archive, ref)
 
 
 def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
@@ -98,6 +116,7 @@ def status(name: str = DEFAULT_NAME) -> dict[str, Any]:
         return info
     info["healthy"] = True
     info["nodes"] = fakenodes.node_summary(cluster)
+    info["real_nodes"] = realnode.status(controlplane.real_node_site(name, cluster.bin_dir))
     return info
 
 
@@ -133,7 +152,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="leave pods unannotated (default: DENSENET_DEVICE_PLUGIN)",
     )
+    up.add_argument(
+        "--real-nodes",
+        type=int,
+        default=None,
+        help="real nodes running pods (default: DENSENET_REAL_NODES, else 1 as root with "
+        "the packages of hack/setup.sh, else 0)",
+    )
     sub.add_parser("down", help="stop the cluster and remove its state")
+    load = sub.add_parser("load-image", help="import an image archive into the real nodes")
+    load.add_argument("archive", type=Path)
     sub.add_parser("status", help="components, health and nodes, as JSON")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
     add = sub.add_parser("add-node", help="add a fake Ascend node")
@@ -153,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "up":
             cluster = start(
-                args.name, args.nodes, products=args.products, device_plugin=args.device_plugin
-            )
+                args.name, args.nodes, products=args.products, device_plugin=args.device_plugin,
+                real_nodes=args.real_nodes,
+            )  # fmt: skip
             print(cluster.kubeconfig)
         elif args.command == "down":
             stop(args.name)
@@ -162,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             info = status(args.name)
             print(json.dumps(info, indent=2))
             return 0 if info["healthy"] else 1
+        elif args.command == "load-image":
+            cluster = connect(args.name)
+            site = controlplane.real_node_site(args.name, cluster.bin_dir)
+            print("\n".join(realnode.load_image(site, args.archive)))
         elif args.command == "kubeconfig":
             print(controlplane.kubeconfig_path(args.name))
         elif args.command == "add-node":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on this machine, idempotently: the virtualenv with
-# the operator, trainer and dev dependencies, kubectl and helm, and the Go-built local
-# control plane. Cheap when everything is already there.
+# the operator, trainer and dev dependencies, kubectl and helm, the Go-built local control
+# plane, and (as root) the Debian packages of the real node (hack/realnode.py). Cheap when
+# everything is already there.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,6 +12,24 @@ mkdir -p "$cache"
 cd "$root"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+# The real node: containerd, runc, CNI plugins; catatonit (the pause image), busybox (the
+# tests' probe image) and buildah to make those images; socat (the apiserver's forwarder).
+REAL_NODE_PACKAGES=(containerd runc containernetworking-plugins catatonit busybox-static buildah
+  socat iptables conntrack iproute2)
+if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for package in "${REAL_NODE_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    log "installing Debian packages for the real node: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
 
 if ! command -v uv >/dev/null 2>&1; then
   log "installing uv"
@@ -46,4 +65,19 @@ ln -sf "$tools/kubectl" .venv/bin/kubectl
 ln -sf "$tools/helm" .venv/bin/helm
 
 bash hack/build-control-plane.sh >/dev/null
+
+# --- images: buildah and mmdebstrap build docker/*.Dockerfile on a local Debian base ----------
+# (hack/images.py; docs/images.md). Debian packages, as root; the images themselves are cached
+# by content under $cache/images, so a warm build is seconds. DENSENET_SKIP_IMAGES=1 skips them.
+if [[ ${DENSENET_SKIP_IMAGES:-0} != 1 ]]; then
+  if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+    [[ $(id -u) -eq 0 ]] || { log "buildah and mmdebstrap are missing: run me as root"; exit 1; }
+    log "installing buildah and mmdebstrap"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap >/dev/null
+  fi
+  log "images (a cold build takes minutes)"
+  .venv/bin/python hack/images.py build >&2
+fi
+# --- end images
 log "ready: $(.venv/bin/kubectl version --client 2>/dev/null | head -1); helm $(.venv/bin/helm version --short 2>/dev/null)"

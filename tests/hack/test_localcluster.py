@@ -14,6 +14,7 @@ import controlplane
 import fakenodes
 import kubelet
 import pytest
+import realnode_config
 from localcluster import Cluster
 from testsupport import (
     Kubectl,
@@ -50,7 +51,9 @@ def npu_pod(name: str, npus: int, **spec: Any) -> dict[str, Any]:
 
 
 def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None:
-    config = controlplane.render_kwokctl_config(tmp_path / "bin", tmp_path / "kubectl")
+    config = controlplane.render_kwokctl_config(
+        tmp_path / "bin", tmp_path / "kubectl", tmp_path / "pki"
+    )
     assert config["kind"] == "KwokctlConfiguration"
     options = config["options"]
     assert options["runtime"] == "binary"
@@ -67,6 +70,35 @@ def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None
     assert "://" not in json.dumps(config)
     assert options["bindAddress"] == "127.0.0.1"
     assert options["securePort"] and options["kubeAuthorization"] and options["kubeAdmission"]
+
+
+def _extra_args(config: dict[str, Any], component: str) -> dict[str, str]:
+    patches = [p for p in config["componentsPatches"] if p["name"] == component]
+    return {a["key"]: a["value"] for p in patches for a in p["extraArgs"]}
+
+
+def test_kwok_manages_only_the_fake_nodes(tmp_path: Path) -> None:
+    config = controlplane.render_kwokctl_config(tmp_path / "bin", tmp_path / "kubectl", tmp_path)
+    args = _extra_args(config, "kwok-controller")
+    assert args["manage-all-nodes"] == "false"
+    key, _, value = args["manage-nodes-with-annotation-selector"].partition("=")
+    node = fakenodes.node_manifest("n0", 0)
+    assert node["metadata"]["annotations"][key] == value
+    assert _extra_args(config, "kube-apiserver") == {}  # no real nodes: nothing else changes
+
+
+def test_real_nodes_reach_the_apiserver_on_the_host_bridge(tmp_path: Path) -> None:
+    plan = realnode_config.NetworkPlan(7)
+    config = controlplane.render_kwokctl_config(
+        tmp_path / "bin", tmp_path / "kubectl", tmp_path / "pki", plan
+    )
+    args = _extra_args(config, "kube-apiserver")
+    assert args["advertise-address"] == plan.host_ip == "172.29.7.1"
+    assert args["kubelet-preferred-address-types"] == "InternalIP"
+    assert Path(args["kubelet-client-certificate"]).parent == tmp_path / "pki"
+    # The pods' in-cluster clients dial the `kubernetes` Service's IP, the nodes the bridge.
+    assert set(config["options"]["kubeApiserverCertSANs"]) == {"172.29.7.1", "10.0.0.1"}
+    assert config["options"]["bindAddress"] == "127.0.0.1"
 
 
 def test_node_manifest_advertises_eight_npus() -> None:
