@@ -47,6 +47,9 @@ CONTEXT_TREES = ("operator", "trainer")
 SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Archives kept per image besides the current one: the most recently used, so that two
+# checkouts sharing the cache (a git worktree and the main tree) do not rebuild each other's.
+KEEP_PREVIOUS = 1
 # Debian's CA bundle, which Debian's pip (the bases' pip) reads.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -243,12 +246,7 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
         config = [arg for key, value in env for arg in ("--env", f"{key}={value}")]
         _run(["buildah", "config", *config, "--cmd", "python3", container], log)
         _run(["buildah", "commit", "--rm", container, recipe.ref], log)
-        _prune(
-            recipe.ref.rpartition(":")[0],
-            recipe.ref,
-            cache.glob(f"debian-{recipe.suite}-*.tar"),
-            keep=tar,
-        )
+        _prune(cache.glob(f"debian-{recipe.suite}-*.tar"), tar)
     except BaseException:
         subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
         raise
@@ -280,18 +278,36 @@ def _require_tools() -> None:
             raise RuntimeError(f"{tool} not found: hack/setup.sh installs it (Debian package)")
 
 
-def _prune(repository: str, keep_ref: str, files: Iterable[Path], keep: Path) -> None:
-    """Remove `repository`'s other tags from buildah's storage and the other cached `files`."""
+def _tag_of(archive: Path) -> str:
+    return archive.stem.rpartition("-")[2]
+
+
+def _prune(archives: Iterable[Path], keep: Path, repository: str | None = None) -> None:
+    """Keep `keep` and the KEEP_PREVIOUS most recently used of the other `archives`; remove the
+    rest, their logs and (given `repository`) their images in buildah's storage. Runs under
+    the cache's lock, so no other build is in progress."""
+    others = sorted(
+        (path for path in archives if path != keep), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    kept = {keep, *others[:KEEP_PREVIOUS]}
+    for stale in others[KEEP_PREVIOUS:]:
+        stale.unlink(missing_ok=True)
+    for log in keep.parent.glob(keep.name.rpartition("-")[0] + "-*.log"):
+        if log.with_suffix(keep.suffix) not in kept:
+            log.unlink(missing_ok=True)
+    if repository is None:
+        return
     listed = subprocess.run(
-        ["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}", repository],
+        ["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"],
         capture_output=True, text=True, check=False,
     ).stdout.split()  # fmt: skip
-    stale = [ref for ref in listed if ref != keep_ref and ref.startswith(repository + ":")]
-    if stale:
-        subprocess.run(["buildah", "rmi", *stale], capture_output=True, check=False)
-    for path in files:
-        if path.with_suffix("") != keep.with_suffix(""):
-            path.unlink(missing_ok=True)
+    kept_tags = {_tag_of(path) for path in kept}
+    stale_refs = [
+        ref for ref in listed
+        if ref.startswith(repository + ":") and ref.rpartition(":")[2] not in kept_tags
+    ]  # fmt: skip
+    if stale_refs:
+        subprocess.run(["buildah", "rmi", *stale_refs], capture_output=True, check=False)
 
 
 def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltImage:
@@ -305,7 +321,9 @@ def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltIm
         ensure_base(recipe.base, cache)
         _build(recipe, ref, archive, root)
         # One image per name: a trainer image is GBs, and every source change makes another.
-        _prune(recipe.repository, ref, cache.glob(f"densenet-{recipe.name}-*"), keep=archive)
+        _prune(cache.glob(f"densenet-{recipe.name}-*.tar"), archive, recipe.repository)
+    else:
+        os.utime(archive)  # used now: what _prune keeps besides the current image
     return BuiltImage(
         name=recipe.name, ref=ref, archive=archive, size_bytes=archive.stat().st_size,
         seconds=time.monotonic() - start, cached=cached,

@@ -4,6 +4,7 @@ an archived image is reused without building (no buildah is called for a cached 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -116,3 +117,20 @@ def test_refs_are_printed_without_building(capsys: pytest.CaptureFixture[str]) -
     assert images.main(["refs"]) == 0
     lines = dict(line.split() for line in capsys.readouterr().out.splitlines())
     assert lines == {name: images.image_ref(recipe) for name, recipe in RECIPES.items()}
+
+
+def test_a_build_keeps_its_archive_and_the_last_used_other_one(tmp_path: Path) -> None:
+    """Two checkouts sharing the cache keep one image each; older archives of the name go."""
+    for age, tag in enumerate(["new", "recent", "old", "oldest"]):
+        for suffix in (".tar", ".log"):
+            path = tmp_path / f"densenet-trainer-{tag}{suffix}"
+            path.write_text(tag)
+            os.utime(path, (1000.0 - age, 1000.0 - age))
+    (tmp_path / "densenet-trainer-failed.log").write_text("a build that did not finish")
+    (tmp_path / "densenet-operator-old.tar").write_text("another image's")
+    keep = tmp_path / "densenet-trainer-new.tar"
+    images._prune(tmp_path.glob("densenet-trainer-*.tar"), keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "densenet-operator-old.tar", "densenet-trainer-new.log", "densenet-trainer-new.tar",
+        "densenet-trainer-recent.log", "densenet-trainer-recent.tar",
+    ]  # fmt: skip

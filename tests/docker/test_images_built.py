@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ def test_the_operator_image_runs_its_cli_as_65532_without_torch(
     assert (no_torch.returncode, no_torch.stdout.strip()) == (0, "[]"), no_torch.stderr
 
 
-def test_the_trainer_image_runs_its_cli_as_1000_with_debian_torch(
+def test_the_trainer_image_runs_its_cli_as_1000_with_torch_and_gloo(
     built: dict[str, BuiltImage],
 ) -> None:
     trainer = built["trainer"]
@@ -130,6 +131,9 @@ def test_the_trainer_image_trains_ddp_steps_over_gloo(
         volumes={out_dir: "/out"}, env=topology, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Rank 0's start line (train.py) names the world torchrun made.
+    started = re.findall(r"densenet121 on (\d+) x cpu \(backend (\w+)\)", done.stdout + done.stderr)
+    assert started == [("2", "gloo")], done.stdout[-3000:] + done.stderr[-3000:]
     losses = [json.loads(line) for line in (out_dir / "loss.jsonl").read_text().splitlines()]
     assert len(losses) == steps, losses
     assert all(math.isfinite(float(entry["loss"])) for entry in losses), losses
