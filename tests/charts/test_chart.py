@@ -477,7 +477,8 @@ EXPECTED_GRANTS = {
     *((group, resource, verb)
       for group, resource in [("", "services"), ("", "serviceaccounts"), ("", "configmaps"),
                               ("rbac.authorization.k8s.io", "roles"),
-                              ("rbac.authorization.k8s.io", "rolebindings")]
+                              ("rbac.authorization.k8s.io", "rolebindings"),
+                              ("networking.k8s.io", "networkpolicies")]
       for verb in ("get", "list", "watch", "create", "delete")),
     ("", "configmaps", "patch"),
     ("", "events", "create"),
@@ -498,7 +499,7 @@ def test_cluster_role_grants_exactly_what_the_operator_needs() -> None:
 
 API_VERBS = {"create": "create", "read": "get", "patch": "patch", "delete": "delete",
              "list": "list", "replace": "update"}  # fmt: skip
-API_GROUPS = {"core": "", "rbac": "rbac.authorization.k8s.io"}
+API_GROUPS = {"core": "", "rbac": "rbac.authorization.k8s.io", "networking": "networking.k8s.io"}  # fmt: skip
 
 
 def test_cluster_role_covers_every_api_call_of_the_reconciler() -> None:
