@@ -153,6 +153,7 @@ def node_manifest(
     server_index: int = NO_SUPER_POD,
     cpu: str = "96",
     memory: str = "512Gi",
+    ephemeral_storage: str = "1Ti",
     pods: str = "110",
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -160,7 +161,10 @@ def node_manifest(
     Nodes may carry their status on create; KWOK keeps it Ready."""
     kind = find_product(product)
     chips = kind.chips if npus is None else npus
-    resources = {"cpu": cpu, "memory": memory, "pods": pods, NPU_RESOURCE: str(chips)}
+    # Every kubelet reports its node's ephemeral storage; without it, a pod that requests some
+    # (every trainer pod does) would never fit.
+    resources = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_storage,
+                 "pods": pods, NPU_RESOURCE: str(chips)}  # fmt: skip
     return {
         "apiVersion": "v1",
         "kind": "Node",

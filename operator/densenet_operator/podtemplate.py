@@ -190,7 +190,7 @@ class PodOverrides:
         "becomes ClusterFirstWithHostNet, the rendezvous port (network.masterPort) is a host "
         "port, so the scheduler puts one pod of the job on a node.",
     )
-    host_ipc: bool = spec_field(False, description="Share the host's IPC namespace.")
+    host_ipc: bool = spec_field(False, key="hostIPC", description="Share the host's IPC namespace.")
     runtime_class_name: str | None = spec_field(
         None, max_length=253, pattern="^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="The RuntimeClass of the pods (e.g. an NPU or GPU container runtime).",
