@@ -145,6 +145,7 @@ def test_default_render_has_the_operator_and_its_rbac() -> None:
         ("ClusterRoleBinding", "dn-densenet-operator-cluster"),
         ("CustomResourceDefinition", CRD_NAME),
         ("Deployment", "dn-densenet-operator"),
+        ("NetworkPolicy", "dn-densenet-operator"),
         ("ServiceAccount", "dn-densenet-operator"),
         ("ValidatingAdmissionPolicy", admission.CREATOR_POLICY),
         ("ValidatingAdmissionPolicy", admission.STATUS_POLICY),
@@ -203,7 +204,7 @@ def test_schema_is_strict_at_every_level() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     free_maps = {"global", "nodeSelector", "podAnnotations", "requests", "limits",
-                 "nodeAffinity", "podAffinity", "podAntiAffinity"}  # fmt: skip
+                 "nodeAffinity", "podAffinity", "podAntiAffinity", "matchLabels"}  # fmt: skip
 
     def walk(node: dict[str, Any], where: str) -> None:
         if "$ref" in node:
@@ -311,7 +312,7 @@ def test_deployment_defaults() -> None:
     assert "command" not in operator  # the image's ENTRYPOINT, densenet-operator
     assert operator["args"] == ["run", "--liveness", LIVENESS]
     assert operator["image"] == "densenet-operator:0.1.0"
-    assert operator["imagePullPolicy"] == "IfNotPresent"
+    assert operator["imagePullPolicy"] == "Always"  # kube-score: pull secrets checked each start
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env["DENSENET_TRAINER_IMAGE"] == "densenet-trainer:0.1.0"
     probe = operator["livenessProbe"]["httpGet"]
@@ -328,11 +329,11 @@ def test_deployment_defaults() -> None:
 def test_deployment_takes_the_values() -> None:
     values = {
         "image": {"repository": "registry.example/densenet-operator", "tag": "1.2.3",
-                  "pullPolicy": "Always"},
+                  "pullPolicy": "IfNotPresent"},
         "imagePullSecrets": [{"name": "regcred"}],
         "trainer.image": "registry.example/densenet-trainer:1.2.3-ascend",
-        "resources": {"requests": {"cpu": "250m", "memory": "300Mi"},
-                      "limits": {"cpu": 2, "memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "250m", "memory": "300Mi", "ephemeral-storage": "32Mi"},
+                      "limits": {"cpu": 2, "memory": "1Gi", "ephemeral-storage": "128Mi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops",
                          "effect": "NoSchedule"}],
@@ -345,7 +346,7 @@ def test_deployment_takes_the_values() -> None:
     pod = only(docs, "Deployment")["spec"]["template"]
     operator = container(docs)
     assert operator["image"] == "registry.example/densenet-operator:1.2.3"
-    assert operator["imagePullPolicy"] == "Always"
+    assert operator["imagePullPolicy"] == "IfNotPresent"
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env["DENSENET_TRAINER_IMAGE"] == "registry.example/densenet-trainer:1.2.3-ascend"
