@@ -46,4 +46,5 @@ ln -sf "$tools/kubectl" .venv/bin/kubectl
 ln -sf "$tools/helm" .venv/bin/helm
 
 bash hack/build-control-plane.sh >/dev/null
+bash hack/build-kube-score.sh >/dev/null
 log "ready: $(.venv/bin/kubectl version --client 2>/dev/null | head -1); helm $(.venv/bin/helm version --short 2>/dev/null)"
