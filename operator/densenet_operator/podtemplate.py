@@ -172,10 +172,13 @@ POD_RULES = (
         + ")",
         "with hostNetwork a container's port is the host's: hostPort must equal containerPort "
         "(or be left out)",
-        lambda pod: not pod.host_network or all(
-            p.get("hostPort") in (None, p.get("containerPort"))
-            for c in (*pod.sidecars, *pod.init_containers)
-            for p in _ports(c)
+        lambda pod: (
+            not pod.host_network
+            or all(
+                p.get("hostPort") in (None, p.get("containerPort"))
+                for c in (*pod.sidecars, *pod.init_containers)
+                for p in _ports(c)
+            )
         ),
     ),
 )
@@ -260,8 +263,10 @@ class PodTemplate:
             "self.trainer.volumeMounts.all(m, has(self.spec) && has(self.spec.volumes) && "
             "self.spec.volumes.exists(v, v.name == m.name))",
             "podTemplate.trainer.volumeMounts may mount only volumes of podTemplate.spec.volumes",
-            lambda template: {m.get("name") for m in template.trainer.volume_mounts}
-            <= {v.get("name") for v in template.spec.volumes},
+            lambda template: (
+                {m.get("name") for m in template.trainer.volume_mounts}
+                <= {v.get("name") for v in template.spec.volumes}
+            ),
         ),
     )
 
@@ -306,7 +311,8 @@ def _mount_path_free(path: str, spec: Any) -> bool:
 
 def _container_ports(spec: Any) -> list[int]:
     pod = spec.pod_template.spec
-    return [p.get("containerPort") for c in (*pod.sidecars, *pod.init_containers) for p in _ports(c)]
+    containers = (*pod.sidecars, *pod.init_containers)
+    return [int(p.get("containerPort", 0)) for c in containers for p in _ports(c)]
 
 
 _MOUNTS = "self.podTemplate.trainer.volumeMounts"

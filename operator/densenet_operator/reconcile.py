@@ -147,14 +147,15 @@ class Reconciler:
         if job.ref.uid in self.ensured:
             return
         ref = job.ref
-        policy = job.spec.network.policy.enabled
-        await asyncio.gather(
+        first = [
             self.ensure(job, "Service", service.build_service(ref, job.spec.network.master_port)),
-            *([self.ensure(job, "NetworkPolicy", networkpolicy.build_network_policy(job))]
-              if policy else []),  # fmt: skip
             self.ensure(job, "ServiceAccount", rbac.build_service_account(ref)),
             self.ensure(job, "Role", rbac.build_role(ref)),
-        )
+        ]
+        if job.spec.network.policy.enabled:
+            policy = networkpolicy.build_network_policy(job)
+            first.append(self.ensure(job, "NetworkPolicy", policy))
+        await asyncio.gather(*first)
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
         await self.ensure(job, "RoleBinding", rbac.build_role_binding(ref))
         if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:

@@ -72,7 +72,13 @@ def test_config_points_every_component_at_local_binaries(tmp_path: Path) -> None
 def test_node_manifest_advertises_eight_npus() -> None:
     node = fakenodes.node_manifest("n0", 0)
     for field in ("capacity", "allocatable"):
-        assert node["status"][field] == {"cpu": "96", "memory": "512Gi", "pods": "110", NPU: "8"}
+        assert node["status"][field] == {
+            "cpu": "96",
+            "memory": "512Gi",
+            "ephemeral-storage": "1Ti",
+            "pods": "110",
+            NPU: "8",
+        }
     labels = node["metadata"]["labels"]
     assert labels["node.kubernetes.io/instance-type"] == "ascend-910"
     assert labels["accelerator"] == "huawei-Ascend910"

@@ -136,8 +136,11 @@ INVALID = {
         "may not be named trainer",
     ),
     "two sidecars of one name": (
-        with_spec(podTemplate={"spec": {"sidecars": [{"name": "a", "image": "x:1"},
-                                                     {"name": "a", "image": "y:1"}]}}),
+        with_spec(
+            podTemplate={
+                "spec": {"sidecars": [{"name": "a", "image": "x:1"}, {"name": "a", "image": "y:1"}]}
+            }
+        ),
         'spec.podTemplate.spec.sidecars[1]: Duplicate value: {"name":"a"}',
     ),
     "a sidecar without an image": (
@@ -157,19 +160,40 @@ INVALID = {
         "may mount only volumes of podTemplate.spec.volumes",
     ),
     "a mount over the rank table": (
-        with_spec(podTemplate={
-            "spec": {"volumes": [{"name": "x", "emptyDir": {}}]},
-            "trainer": {"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]}}),
+        with_spec(
+            podTemplate={
+                "spec": {"volumes": [{"name": "x", "emptyDir": {}}]},
+                "trainer": {"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]},
+            }
+        ),
         "may not mount at the operator's paths",
     ),
     "a sidecar on the rendezvous port": (
-        with_spec(network={"masterPort": 30000}, podTemplate={"spec": {"sidecars": [
-            {"name": "s", "image": "x:1", "ports": [{"containerPort": 30000}]}]}}),
+        with_spec(
+            network={"masterPort": 30000},
+            podTemplate={
+                "spec": {
+                    "sidecars": [{"name": "s", "image": "x:1", "ports": [{"containerPort": 30000}]}]
+                }
+            },
+        ),
         "may not use network.masterPort",
     ),
     "a host port unlike its container port": (
-        with_spec(podTemplate={"spec": {"hostNetwork": True, "sidecars": [
-            {"name": "s", "image": "x:1", "ports": [{"containerPort": 80, "hostPort": 81}]}]}}),
+        with_spec(
+            podTemplate={
+                "spec": {
+                    "hostNetwork": True,
+                    "sidecars": [
+                        {
+                            "name": "s",
+                            "image": "x:1",
+                            "ports": [{"containerPort": 80, "hostPort": 81}],
+                        }
+                    ],
+                }
+            }
+        ),
         "hostPort must equal containerPort",
     ),
     "a privileged master port": (with_spec(network={"masterPort": 80}), "spec.network.masterPort"),

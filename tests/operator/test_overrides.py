@@ -65,8 +65,13 @@ def test_every_override_reaches_the_pod() -> None:
 
 def test_the_operator_s_fields_win() -> None:
     # On Ascend the operator sets a label and an annotation that Huawei's stack reads.
-    template = {**TEMPLATE, "metadata": {"labels": {ascend.RING_CONTROLLER_LABEL: "mine"},
-                                         "annotations": {ascend.RANK_INDEX_ANNOTATION: "7"}}}
+    template = {
+        **TEMPLATE,
+        "metadata": {
+            "labels": {ascend.RING_CONTROLLER_LABEL: "mine"},
+            "annotations": {ascend.RANK_INDEX_ANNOTATION: "7"},
+        },
+    }
     pod = pods.build_pod(make_job(podTemplate=template), 1, gang=3)
     labels = pod["metadata"]["labels"]
     assert labels[ascend.RING_CONTROLLER_LABEL] == "ascend-910"

@@ -65,7 +65,10 @@ def _check_pod(pod: dict[str, Any], node_ips: dict[str, str]) -> None:
     assert spec["restartPolicy"] == "Never"
     assert "cache" in {v["name"] for v in spec["volumes"]}
     init = {c["name"]: c for c in spec["initContainers"]}
-    assert init["log-shipper"]["restartPolicy"] == "Always" and "restartPolicy" not in init["warm-cache"]
+    assert (
+        init["log-shipper"]["restartPolicy"] == "Always"
+        and "restartPolicy" not in init["warm-cache"]
+    )
     trainer = next(c for c in spec["containers"] if c["name"] == TRAINER_CONTAINER)
     assert {"name": "cache", "mountPath": "/cache"} in trainer["volumeMounts"]
     assert trainer["envFrom"] == [{"configMapRef": {"name": "trainer-settings"}}]
@@ -144,7 +147,9 @@ def test_a_restricted_namespace_admits_a_cpu_job_s_pods(jobs: Jobs) -> None:
 def test_host_access_is_refused_where_pod_security_would_refuse_the_pods(
     jobs: Jobs, spec: dict[str, Any], refusal: str
 ) -> None:
-    jobs.kubectl("label", "namespace", jobs.namespace, "pod-security.kubernetes.io/enforce=baseline")
+    jobs.kubectl(
+        "label", "namespace", jobs.namespace, "pod-security.kubernetes.io/enforce=baseline"
+    )
     result = jobs.kubectl("apply", "-n", jobs.namespace, "-f", "-",
                           input=small_job("host", **spec), check=False)  # fmt: skip
     assert result.returncode != 0
