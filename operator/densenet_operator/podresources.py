@@ -28,7 +28,6 @@ from densenet_operator.spec import TrainingSpec
 PER_DEVICE = {"ascend": (4, 16), "cuda": (4, 16), "cpu": (1, 2)}
 EPHEMERAL_REQUEST = "10Gi"
 EPHEMERAL_LIMIT = "50Gi"
-LIMITED = ("memory", "ephemeral-storage")  # limit defaults to the request; cpu has none
 
 
 def default_requests(spec: TrainingSpec) -> dict[str, str]:
@@ -45,19 +44,15 @@ def container_resources(spec: TrainingSpec) -> dict[str, Any]:
     """The trainer container's `resources`."""
     user_requests = dict(spec.scheduling.resources.get("requests") or {})
     user_limits = dict(spec.scheduling.resources.get("limits") or {})
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    defaults = {**default_requests(spec)}
-    for name, default in defaults.items():
-        if name in user_limits and name not in user_requests:
-            continue  # Kubernetes defaults the request to the limit
-        requests[name] = user_requests.get(name, default)
-        if name in LIMITED and name not in user_limits:
-            requests_given = name in user_requests
-            fallback = EPHEMERAL_LIMIT if name == "ephemeral-storage" else default
-            limits[name] = user_requests[name] if requests_given else fallback
-    requests.update({k: v for k, v in user_requests.items() if k not in requests})
-    limits.update(user_limits)
+    requests = {**default_requests(spec), **user_requests}
+    limits = {
+        "memory": requests["memory"],
+        "ephemeral-storage": user_requests.get("ephemeral-storage", EPHEMERAL_LIMIT),
+        **user_limits,
+    }
+    for name in user_limits.keys() - user_requests.keys():
+        # A limit alone: Kubernetes defaults the request to it (a default could exceed it).
+        requests.pop(name, None)
     if spec.resource_name:
         requests[spec.resource_name] = str(spec.devices_per_replica)
         limits[spec.resource_name] = str(spec.devices_per_replica)
