@@ -133,6 +133,15 @@ def test_a_restricted_namespace_admits_a_cpu_job_s_pods(jobs: Jobs) -> None:
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr
 
 
+def test_a_job_can_go_without_a_network_policy(jobs: Jobs) -> None:
+    spec = {"device": {"type": "cpu"}, "devicesPerReplica": 1,
+            "network": {"policy": {"enabled": False}}}  # fmt: skip
+    jobs.kubectl.apply(small_job("open", replicas=1, **spec), "-n", jobs.namespace)
+    jobs.wait_running_pods("open", 1)
+    assert jobs.kubectl.not_found("networkpolicy", "open", "-n", jobs.namespace)
+    assert jobs.kubectl.succeeds("get", "service", "open", "-n", jobs.namespace)
+
+
 @pytest.mark.parametrize(
     ("spec", "refusal"),
     [
