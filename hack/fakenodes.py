@@ -3,9 +3,10 @@
 A node here is a real Node object whose annotation `kwok.x-k8s.io/node: fake` hands it to
 kwok-controller, which stands in for its kubelet: it keeps the node Ready (heartbeats and
 leases), and moves each pod scheduled there to Running with an IP from the node's
-`spec.podCIDR`. It runs no containers and never ends a pod (kubelet.py does that when a test
-asks). Capacity and allocatable carry `huawei.com/Ascend910`, which is what the real scheduler
-counts; the Ascend device plugin's part (choosing each pod's chips and annotating the pod) is
+`spec.podCIDR` (a hostNetwork pod gets the node's InternalIP, as a kubelet reports it). It
+runs no containers and never ends a pod (kubelet.py does that when a test asks). Capacity and
+allocatable carry `huawei.com/Ascend910`, which is what the real scheduler counts, and
+ephemeral storage, which every kubelet reports; the Ascend device plugin's part (choosing each pod's chips and annotating the pod) is
 played by deviceplugin.py, which the cluster runs beside its components.
 
 Each node is of one Ascend product (`PRODUCTS`: 910, 910B x8, 910B x16, A3 x16, A3 super pod),
