@@ -6,8 +6,9 @@ leases), and moves each pod scheduled there to Running with an IP from the node'
 `spec.podCIDR` (a hostNetwork pod gets the node's InternalIP, as a kubelet reports it). It
 runs no containers and never ends a pod (kubelet.py does that when a test asks). Capacity and
 allocatable carry `huawei.com/Ascend910`, which is what the real scheduler counts, and
-ephemeral storage, which every kubelet reports; the Ascend device plugin's part (choosing each pod's chips and annotating the pod) is
-played by deviceplugin.py, which the cluster runs beside its components.
+ephemeral storage, which every kubelet reports; the Ascend device plugin's part (choosing each
+pod's chips and annotating the pod) is played by deviceplugin.py, which the cluster runs beside
+its components.
 
 Each node is of one Ascend product (`PRODUCTS`: 910, 910B x8, 910B x16, A3 x16, A3 super pod),
 as Huawei's scheduler and operator tell them apart: the label `accelerator-type` and the chip
