@@ -1,20 +1,28 @@
-"""The end-to-end demo: a DenseNet trained by the operator on this machine's local cluster.
+"""The end-to-end demo: a DenseNet trained by the operator, in real pods, on this machine.
 
-1. starts the local control plane (hack/localcluster.py) with its KWOK Ascend nodes;
-2. installs the chart's CRD and RBAC with helm (the operator Deployment scaled to 0: KWOK runs
-   no containers) and runs the operator here, authenticated as the chart's ServiceAccount;
-3. writes scikit-learn's digits as an ImageFolder and applies examples/densenet121-cpu-demo.yaml;
-4. runs each scheduled pod's trainer container as a local process (hack/podrunner.py), with
-   the pod's own command, args, env, rank-table ConfigMap and ServiceAccount token;
-5. shows progress from `kubectl get densenettrainings`, and ends with it.
+1. starts the local cluster (hack/localcluster.py): the control plane, KWOK Ascend nodes, and a
+   real node (kubelet, containerd, runc; hack/realnode.py) that runs containers;
+2. builds the operator and trainer images from docker/ with buildah (hack/images.py, cached by
+   content) and loads them into the real node;
+3. `helm install`s the chart: the operator runs as the chart's Deployment on the real node,
+   talking to the API server through the in-cluster `kubernetes` Service;
+4. writes scikit-learn's digits as an ImageFolder and applies
+   examples/densenet121-cpu-demo.yaml (scheduled onto the real node): its two trainer pods run
+   the trainer image, reach each other through the headless Service's DNS name, train with DDP
+   over gloo and report their progress into the resource's status;
+5. shows progress from `kubectl get densenettrainings`, and ends with the pods
+   (`kubectl get pods -o wide`) and the table.
 
 `--ascend` runs an Ascend job instead: examples/densenet161-8p.yaml (1 replica x 8 NPUs) on the
 KWOK 910 nodes, or with `--ascend 16p` densenet161-16p.yaml (2 x 8), `--ascend 910b-2x8` and
 `--ascend a3-2x16` the 910B and A3 super-pod examples, on two nodes of that product added for
 the run. No trainer runs (KWOK has no containers and this machine no NPU): the simulated Ascend
-device plugin (hack/deviceplugin.py) annotates the pods with their chips, the operator publishes
-the rank table, and the demo prints it (`kubectl get configmap rings-config-<job>`) and deletes
-the job (and the nodes it added).
+device plugin (hack/deviceplugin.py) annotates the pods with their chips, the operator (the
+chart's Deployment on the real node) publishes the rank table, and the demo prints it
+(`kubectl get configmap rings-config-<job>`) and deletes the job (and the nodes it added).
+
+The demo needs a real node (root, and the packages hack/setup.sh installs); without one it
+says what is missing and stops.
 """
 
 from __future__ import annotations
@@ -32,16 +40,17 @@ from typing import Any
 
 import deviceplugin
 import fakenodes
+import images
 import localcluster
+import realnode
 import yaml
-from podrunner import LocalKubelet
+from realnode_config import real_node_scheduling
 from testsupport import (
     CRD_NAME,
     REPO_ROOT,
     TERMINAL_PHASES,
     create_namespace,
     find_tool,
-    service_account_kubeconfig,
     wait_for,
 )
 
@@ -62,6 +71,9 @@ def say(message: str) -> None:
     print(f"\033[1m==> {message}\033[0m" if sys.stdout.isatty() else f"==> {message}", flush=True)
 
 
+TRAINER_UID = 1000  # docker/trainer.Dockerfile's user: it writes the checkpoints
+
+
 class Demo:
     def __init__(self, cluster: localcluster.Cluster) -> None:
         self.cluster = cluster
@@ -69,31 +81,30 @@ class Demo:
         self.helm = find_tool("helm")
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
 
-    def install_chart(self) -> None:
-        say("installing the chart's CRD and RBAC (helm)")
+    def load_images(self) -> dict[str, images.BuiltImage]:
+        say("building the operator and trainer images with buildah (cached by content)")
+        built = images.ensure_images(("operator", "trainer"))
+        for image in built.values():
+            say(f"loading {image.ref} ({image.size_bytes / 1e6:.0f} MB) into the real node")
+            localcluster.load_image(self.cluster, image.archive, image.ref)
+        return built
+
+    def install_chart(self, built: dict[str, images.BuiltImage]) -> None:
+        """The chart as a user installs it: the operator Deployment runs the operator image on
+        the real node (the only node that runs containers), with the trainer image as default."""
+        say("helm install: the CRD, RBAC, admission policies and the operator Deployment")
+        repository, tag = built["operator"].ref.rsplit(":", 1)
+        placement = real_node_scheduling()
         subprocess.run(
             [str(self.helm), "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE,
-             "--create-namespace", "--set", "replicas=0", "--take-ownership", "--force-conflicts", "--wait", "--timeout", "120s"],
+             "--create-namespace", "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+             "--set", "image.pullPolicy=IfNotPresent", "--set", f"trainer.image={built['trainer'].ref}",
+             "--set-json", f"nodeSelector={json.dumps(placement['nodeSelector'])}",
+             "--set-json", f"tolerations={json.dumps(placement['tolerations'])}",
+             "--take-ownership", "--force-conflicts", "--wait", "--timeout", "300s"],
             env=self.env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
-
-    def operator_kubeconfig(self, workdir: Path) -> Path:
-        """The chart's ServiceAccount identity: the operator runs with exactly its RBAC."""
-        return service_account_kubeconfig(
-            self.cluster.kubeconfig,
-            OPERATOR_NAMESPACE,
-            RELEASE,
-            workdir / "operator.kubeconfig",
-            duration="2h",
-        )
-
-    def start_operator(self, workdir: Path) -> subprocess.Popen[bytes]:
-        say("starting the operator (as the chart's ServiceAccount)")
-        log = (workdir / "operator.log").open("wb")
-        env = {**self.env, "KUBECONFIG": str(self.operator_kubeconfig(workdir))}
-        return subprocess.Popen([sys.executable, "-m", "densenet_operator.cli", "run"], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
 
     def job_status(self, name: str) -> dict[str, Any]:
         result = self.kubectl("get", "dnt", name, "-n", NAMESPACE, "-o", "json", check=False)
@@ -103,21 +114,25 @@ class Demo:
         return self.kubectl("get", "densenettrainings", "-n", NAMESPACE, "-o", "wide").stdout
 
     def apply_example(self, epochs: int | None) -> str:
-        """A fresh run of the example (not a resume of the last demo's checkpoints)."""
+        """A fresh run of the example (not a resume of the last demo's checkpoints), placed on
+        the real node."""
         name = "densenet121-cpu-demo"
         create_namespace(self.kubectl, NAMESPACE, exist_ok=True)
         self.kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
-        shutil.rmtree(DEMO_DIR / "checkpoints" / name, ignore_errors=True)
-        manifest = EXAMPLE.read_text()
+        checkpoints = DEMO_DIR / "checkpoints"
+        shutil.rmtree(checkpoints / name, ignore_errors=True)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        os.chown(checkpoints, TRAINER_UID, TRAINER_UID)  # a hostPath keeps the host's owner
+        manifest = yaml.safe_load(EXAMPLE.read_text())
         if epochs:
-            manifest = manifest.replace("epochs: 7", f"epochs: {epochs}")
-        say(f"applying {EXAMPLE.relative_to(REPO_ROOT)}")
+            manifest["spec"]["recipe"]["epochs"] = epochs
+        manifest["spec"].setdefault("scheduling", {}).update(real_node_scheduling())
+        say(f"applying {EXAMPLE.relative_to(REPO_ROOT)} (with the real node's toleration)")
         print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=manifest).stdout.strip())
         return name
 
-    def train(self, name: str, workdir: Path, timeout: float) -> None:
-        """Runs the job's pods here until it ends, showing each new `kubectl get dnt` row."""
-        kubelet = LocalKubelet(self.cluster.kubeconfig, NAMESPACE, name, workdir / "pods")
+    def train(self, name: str, timeout: float) -> None:
+        """Waits until the job ends, showing each new `kubectl get dnt` row."""
         last_row = ""
 
         def finished() -> bool:
@@ -129,7 +144,12 @@ class Demo:
                 last_row = row
             return status.get("phase") in TERMINAL_PHASES
 
-        kubelet.run_until(finished, timeout=timeout)
+        wait_for(finished, timeout, interval=2, what=f"{name} to finish")
+
+    def show_pods(self) -> None:
+        for namespace in (OPERATOR_NAMESPACE, NAMESPACE):
+            say(f"kubectl get pods -n {namespace} -o wide")
+            print(self.kubectl("get", "pods", "-n", namespace, "-o", "wide").stdout)
 
     def ascend_job(self, example: Path, timeout: float) -> str:
         """Applies an Ascend example, waits until its rank table is completed, prints the
@@ -185,12 +205,13 @@ def product_nodes(cluster: localcluster.Cluster, nodes: tuple[str, int] | None) 
         fakenodes.delete_nodes(cluster, [n for n in names if n not in before])
 
 
-def train_cpu_example(demo: Demo, workdir: Path, epochs: int | None, timeout: float) -> int:
-    """The CPU demo's job: trains through the operator; 0 when it Succeeded."""
+def train_cpu_example(demo: Demo, epochs: int | None, timeout: float) -> int:
+    """The CPU demo's job: trains through the operator in real pods; 0 when it Succeeded."""
     write_digits(32)
     name = demo.apply_example(epochs)
-    demo.train(name, workdir, timeout)
+    demo.train(name, timeout)
     print()
+    demo.show_pods()
     say("kubectl get densenettrainings -n " + NAMESPACE)
     print(demo.table())
     status = demo.job_status(name)
@@ -215,29 +236,25 @@ def main(argv: list[str] | None = None) -> int:
                         "plugin; no training): 8p = 1 x 8 NPUs, 16p = 2 x 8")  # fmt: skip
     args = parser.parse_args(argv)
 
-    say(
-        "starting the local control plane (kube-apiserver, scheduler, controller-manager, KWOK Ascend nodes)"
-    )
-    cluster = localcluster.start(args.cluster)
+    missing = realnode.missing_requirements()
+    if missing:
+        print(f"the demo runs real pods and needs a real node: missing {', '.join(missing)} "
+              "(run it as root after hack/setup.sh)", file=sys.stderr)  # fmt: skip
+        return 2
+    say("starting the local cluster (control plane, KWOK Ascend nodes, a real node)")
+    cluster = localcluster.start(args.cluster, real_nodes=max(1, realnode.default_count()))
     print(cluster.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,"
                           "ASCEND910:.status.allocatable.huawei\\.com/Ascend910,IP:.status.addresses[0].address").stdout)  # fmt: skip
     demo = Demo(cluster)
-    workdir = DEMO_DIR / "run"
-    workdir.mkdir(parents=True, exist_ok=True)
-    operator = None
     try:
-        demo.install_chart()
-        operator = demo.start_operator(workdir)
+        demo.install_chart(demo.load_images())
         if args.ascend:
             example, nodes = ASCEND_EXAMPLES[args.ascend]
             with product_nodes(cluster, nodes):
                 demo.ascend_job(example, timeout=min(args.timeout, 180))
             return 0
-        return train_cpu_example(demo, workdir, args.epochs, args.timeout)
+        return train_cpu_example(demo, args.epochs, args.timeout)
     finally:
-        if operator is not None:
-            operator.terminate()
-            operator.wait(timeout=30)
         if not args.keep_cluster:
             localcluster.stop(args.cluster)
 

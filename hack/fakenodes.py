@@ -3,10 +3,12 @@
 A node here is a real Node object whose annotation `kwok.x-k8s.io/node: fake` hands it to
 kwok-controller, which stands in for its kubelet: it keeps the node Ready (heartbeats and
 leases), and moves each pod scheduled there to Running with an IP from the node's
-`spec.podCIDR`. It runs no containers and never ends a pod (kubelet.py does that when a test
-asks). Capacity and allocatable carry `huawei.com/Ascend910`, which is what the real scheduler
-counts; the Ascend device plugin's part (choosing each pod's chips and annotating the pod) is
-played by deviceplugin.py, which the cluster runs beside its components.
+`spec.podCIDR` (a hostNetwork pod gets the node's InternalIP, as a kubelet reports it). It
+runs no containers and never ends a pod (kubelet.py does that when a test asks). Capacity and
+allocatable carry `huawei.com/Ascend910`, which is what the real scheduler counts, and
+ephemeral storage, which every kubelet reports; the Ascend device plugin's part (choosing each
+pod's chips and annotating the pod) is played by deviceplugin.py, which the cluster runs beside
+its components.
 
 Each node is of one Ascend product (`PRODUCTS`: 910, 910B x8, 910B x16, A3 x16, A3 super pod),
 as Huawei's scheduler and operator tell them apart: the label `accelerator-type` and the chip
@@ -153,6 +155,7 @@ def node_manifest(
     server_index: int = NO_SUPER_POD,
     cpu: str = "96",
     memory: str = "512Gi",
+    ephemeral_storage: str = "1Ti",
     pods: str = "110",
     labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -160,7 +163,10 @@ def node_manifest(
     Nodes may carry their status on create; KWOK keeps it Ready."""
     kind = find_product(product)
     chips = kind.chips if npus is None else npus
-    resources = {"cpu": cpu, "memory": memory, "pods": pods, NPU_RESOURCE: str(chips)}
+    # Every kubelet reports its node's ephemeral storage; without it, a pod that requests some
+    # (every trainer pod does) would never fit.
+    resources = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_storage,
+                 "pods": pods, NPU_RESOURCE: str(chips)}  # fmt: skip
     return {
         "apiVersion": "v1",
         "kind": "Node",

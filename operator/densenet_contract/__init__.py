@@ -105,7 +105,7 @@ ENV_MEANINGS: dict[str, str] = {
     Env.NODE_RANK: "torchrun --node-rank: this pod's replica index",
     Env.NPROC_PER_NODE: "torchrun --nproc-per-node: devices per replica",
     Env.MASTER_ADDR: "torchrun --master-addr: `<job>-worker-0.<job>` (headless Service `<job>`)",
-    Env.MASTER_PORT: f"torchrun --master-port: `{MASTER_PORT}`",
+    Env.MASTER_PORT: f"torchrun --master-port: `spec.network.masterPort` (default {MASTER_PORT})",
     Env.RANK_TABLE_FILE: f"ascend only: `{RANK_TABLE_FILE}` (ConfigMap `rings-config-<job>`, "
     f"key `{RANK_TABLE_KEY}`); the launcher watches that ConfigMap through the API until "
     "the table is `completed` and lists the pod's IP, then points RANK_TABLE_FILE at a local "

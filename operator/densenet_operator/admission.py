@@ -5,8 +5,14 @@
   (volumes other than a PVC, NFS or emptyDir, such as hostPath or a Secret; environment from
   Secrets or ConfigMaps; an image of their choosing; privileged scheduling: a priority class,
   tolerations, another scheduler) is admitted only when its creator may create pods in that
-  namespace, asked of the authorizer. Jobs without such requests need only
-  `densenettrainings` create, as in Kubeflow; Pod Security Admission still judges the pods.
+  namespace, asked of the authorizer. So do image pull secrets and every `spec.podTemplate`
+  override (labels, annotations, volumes, containers, security contexts, host namespaces).
+  Jobs without such requests need only `densenettrainings` create, as in Kubeflow.
+- **Pods the namespace would refuse are refused with the job.** Pod Security Admission judges
+  the pods the operator creates by the namespace's level, whoever asked; a job whose pods need
+  host access (hostNetwork, hostIPC, a privileged container, hostPath volumes: Ascend pods
+  mount the driver) in a namespace enforcing `baseline` or `restricted` is refused at once,
+  saying so, instead of failing at every pod create.
 - **Status is the operator's.** A job's trainer identity (ServiceAccount `<job>-trainer`) may
   change `status.training` and nothing else of the status.
 
@@ -24,6 +30,19 @@ CREATOR_POLICY = f"{contract.PLURAL}-creator-permissions.{contract.GROUP}"
 STATUS_POLICY = f"{contract.PLURAL}-status-guard.{contract.GROUP}"
 POD_SAFE_VOLUMES = ("persistentVolumeClaim", "nfs", "emptyDir")
 
+_META, _POD = "object.spec.podTemplate.metadata", "object.spec.podTemplate.spec"
+_TRAINER = "object.spec.podTemplate.trainer"
+
+
+def _nonempty(parent: str, field: str) -> str:
+    return f"(has({parent}.{field}) && size({parent}.{field}) > 0)"
+
+
+def _privileged(containers: str) -> str:
+    return (f"(has({containers}) && {containers}.exists(c, has(c.securityContext) && "
+            "has(c.securityContext.privileged) && c.securityContext.privileged))")  # fmt: skip
+
+
 # Each entry: (what it is, called in the refusal; CEL true when the spec asks for it).
 POD_LEVEL_REQUESTS = (
     ("a custom image", "has(object.spec.image)"),
@@ -35,10 +54,42 @@ POD_LEVEL_REQUESTS = (
     ("environment from Secrets or ConfigMaps",
      "has(object.spec.env) && object.spec.env.exists(e, has(e.valueFrom) && "
      "!has(e.valueFrom.fieldRef))"),
+    ("image pull secrets", _nonempty("object.spec", "imagePullSecrets")),
+    ("pod labels or annotations",
+     f"has(object.spec.podTemplate) && has({_META}) && "
+     f"({_nonempty(_META, 'labels')} || {_nonempty(_META, 'annotations')})"),
+    ("pod overrides (podTemplate.spec)",
+     f"has(object.spec.podTemplate) && has({_POD}) && ({_POD}.hostNetwork || {_POD}.hostIPC || "
+     f"has({_POD}.runtimeClassName) || has({_POD}.securityContext) || "
+     + " || ".join(_nonempty(_POD, f) for f in ("volumes", "initContainers", "sidecars")) + ")"),
+    ("trainer overrides (podTemplate.trainer)",
+     f"has(object.spec.podTemplate) && has({_TRAINER}) && (has({_TRAINER}.securityContext) || "
+     f"{_nonempty(_TRAINER, 'volumeMounts')} || {_nonempty(_TRAINER, 'envFrom')})"),
     ("privileged scheduling (priorityClassName, tolerations or schedulerName)",
      "has(object.spec.scheduling) && (has(object.spec.scheduling.priorityClassName) || "
      "has(object.spec.scheduling.schedulerName) || (has(object.spec.scheduling.tolerations) "
      "&& size(object.spec.scheduling.tolerations) > 0))"),
+)  # fmt: skip
+
+
+PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+# What Pod Security Admission's baseline (and so restricted) level refuses, of what a job can
+# ask for: (what it is, CEL true when the job's pods would have it). The rest of the levels
+# (restricted's non-root, capabilities, seccomp) PSA judges on the pods themselves.
+HOST_ACCESS = (
+    ("hostNetwork", f"has(object.spec.podTemplate) && has({_POD}) && {_POD}.hostNetwork"),
+    ("hostIPC", f"has(object.spec.podTemplate) && has({_POD}) && {_POD}.hostIPC"),
+    ("a privileged container",
+     f"has(object.spec.podTemplate) && ((has({_TRAINER}) && has({_TRAINER}.securityContext) && "
+     f"has({_TRAINER}.securityContext.privileged) && {_TRAINER}.securityContext.privileged) || "
+     f"(has({_POD}) && ({_privileged(_POD + '.sidecars')} || "
+     f"{_privileged(_POD + '.initContainers')})))"),
+    ("hostPath volumes (an Ascend job mounts the NPU driver)",
+     "object.spec.device.type == 'ascend' || "
+     "(has(object.spec.data.volume) && 'hostPath' in object.spec.data.volume) || "
+     "(has(object.spec.checkpoint.volume) && 'hostPath' in object.spec.checkpoint.volume) || "
+     f"(has(object.spec.podTemplate) && has({_POD}) && has({_POD}.volumes) && "
+     f"{_POD}.volumes.exists(v, 'hostPath' in v))"),
 )  # fmt: skip
 
 
@@ -69,6 +120,12 @@ def _rules(resource: str, operations: list[str]) -> dict[str, Any]:
 
 def creator_policy() -> dict[str, Any]:
     asks = " + ".join(f"({cel} ? [{what!r}] : [])" for what, cel in POD_LEVEL_REQUESTS)
+    host_access = " + ".join(f"({cel} ? [{what!r}] : [])" for what, cel in HOST_ACCESS)
+    level = f"namespaceObject.metadata.labels[{PSA_ENFORCE!r}]"
+    psa_allows = (
+        f"!has(namespaceObject.metadata.labels) || !({PSA_ENFORCE!r} in "
+        f"namespaceObject.metadata.labels) || {level} == 'privileged'"
+    )
     can_create_pods = (
         "authorizer.group('').resource('pods').namespace(object.metadata.namespace)"
         ".check('create').allowed()"
@@ -80,12 +137,19 @@ def creator_policy() -> dict[str, Any]:
         "matchConditions": [{"name": "the-spec-is-new-or-changed",
                              "expression": "request.operation == 'CREATE' || "
                                            "object.spec != oldObject.spec"}],
-        "variables": [{"name": "asks", "expression": asks}],
+        "variables": [{"name": "asks", "expression": asks},
+                      {"name": "hostAccess", "expression": host_access}],
         "validations": [{
             "expression": f"size(variables.asks) == 0 || {can_create_pods}",
             "messageExpression": "'creating this DenseNetTraining needs permission to create pods "
             "in namespace ' + object.metadata.namespace + ', because it asks for ' + "
             "variables.asks.join(', ') + ' (the operator creates its pods)'",
+            "reason": "Forbidden",
+        }, {
+            "expression": f"size(variables.hostAccess) == 0 || {psa_allows}",
+            "messageExpression": f"'namespace ' + object.metadata.namespace + ' enforces Pod "
+            f"Security level ' + {level} + ', which refuses pods with ' + "
+            "variables.hostAccess.join(', ') + ': the operator could not create the pods'",
             "reason": "Forbidden",
         }],
     })  # fmt: skip

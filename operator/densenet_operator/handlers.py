@@ -27,6 +27,7 @@ CHILD_RESOURCES = (
     ("", "v1", "configmaps"),
     ("rbac.authorization.k8s.io", "v1", "roles"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from densenet_contract import (
     HCCL_ENV,
-    MASTER_PORT,
     RANK_TABLE_DIR,
     RANK_TABLE_FILE,
     TRAINER_COMMAND,
@@ -14,14 +13,11 @@ from densenet_contract import (
     Env,
 )
 from densenet_contract.schema import trainer_flags
-from densenet_operator import ascend, naming
+from densenet_operator import ascend, naming, overrides
+from densenet_operator.podresources import container_resources
+from densenet_operator.podtemplate import ASCEND_HOST_PATHS, SHM_PATH
 from densenet_operator.spec import Job, TrainingSpec
 
-ASCEND_HOST_PATHS = {
-    "ascend-driver": "/usr/local/Ascend/driver",
-    "ascend-add-ons": "/usr/local/Ascend/add-ons",
-    "npu-log": "/var/log/npu",
-}
 VOLCANO_SCHEDULER = "volcano"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 
@@ -58,7 +54,7 @@ def trainer_env(job: Job, index: int) -> list[dict[str, Any]]:
         {"name": Env.NODE_RANK, "value": str(index)},
         {"name": Env.NPROC_PER_NODE, "value": str(spec.devices_per_replica)},
         {"name": Env.MASTER_ADDR, "value": naming.master_address(job.ref.name)},
-        {"name": Env.MASTER_PORT, "value": str(MASTER_PORT)},
+        {"name": Env.MASTER_PORT, "value": str(spec.network.master_port)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if spec.uses_rank_table:
@@ -96,7 +92,7 @@ def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], 
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "dshm", "mountPath": SHM_PATH},
     ]
     if spec.device_type == "ascend":
         for name, path in ASCEND_HOST_PATHS.items():
@@ -111,19 +107,12 @@ def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], 
     return volumes, mounts
 
 
-def _resources(spec: TrainingSpec) -> dict[str, Any]:
-    requests = dict(spec.scheduling.resources.get("requests") or {})
-    limits = dict(spec.scheduling.resources.get("limits") or {})
-    if spec.resource_name:
-        # Extended resources cannot be overcommitted: request and limit must be equal.
-        requests[spec.resource_name] = str(spec.devices_per_replica)
-        limits[spec.resource_name] = str(spec.devices_per_replica)
-    resources: dict[str, Any] = {}
-    if requests:
-        resources["requests"] = requests
-    if limits:
-        resources["limits"] = limits
-    return resources
+def _rendezvous_port(spec: TrainingSpec) -> dict[str, Any]:
+    port = {"name": "dist", "containerPort": spec.network.master_port}
+    if spec.pod_template.spec.host_network:
+        # The node's port: the scheduler then never puts two such pods on one node.
+        port["hostPort"] = spec.network.master_port
+    return port
 
 
 def _ascend_metadata(job: Job, index: int) -> tuple[dict[str, str], dict[str, str]]:
@@ -176,8 +165,8 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
                 "command": list(TRAINER_COMMAND),
                 "args": trainer_args(spec, job.ref.name),
                 "env": trainer_env(job, index),
-                "ports": [{"name": "dist", "containerPort": MASTER_PORT}],
-                "resources": _resources(spec),
+                "ports": [_rendezvous_port(spec)],
+                "resources": container_resources(spec),
                 "volumeMounts": mounts,
             }
         ],
@@ -198,4 +187,7 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
         annotations[VOLCANO_GROUP_ANNOTATION] = naming.pod_group_name(job.ref.name)
     if annotations:
         metadata["annotations"] = annotations
+    # The user's podTemplate, by the merge rule of overrides.py.
+    overrides.apply_metadata(metadata, spec)
+    overrides.apply_pod_spec(pod_spec, spec)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

@@ -19,7 +19,17 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, RANK_TABLE_KEY, VERSION
-from densenet_operator import children, lifecycle, naming, podgroup, pods, ranktable, rbac, service
+from densenet_operator import (
+    children,
+    lifecycle,
+    naming,
+    networkpolicy,
+    podgroup,
+    pods,
+    ranktable,
+    rbac,
+    service,
+)
 from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
@@ -39,6 +49,7 @@ CHILD_APIS = {
     "ConfigMap": ("core", "config_map"),
     "Role": ("rbac", "role"),
     "RoleBinding": ("rbac", "role_binding"),
+    "NetworkPolicy": ("networking", "network_policy"),
 }
 CHILD_VERBS = ("create", "read", "delete")
 EventSink = Callable[[Mapping[str, Any], lifecycle.Event], None]
@@ -70,6 +81,7 @@ class Reconciler:
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
     async def _call(
@@ -107,7 +119,7 @@ class Reconciler:
                     *where, ns, podgroup.PLURAL, name, **kw),
             )  # fmt: skip
         api_name, noun = CHILD_APIS[kind]
-        api = self.core if api_name == "core" else self.rbac
+        api = {"core": self.core, "rbac": self.rbac, "networking": self.networking}[api_name]
         return tuple(getattr(api, f"{verb}_namespaced_{noun}") for verb in CHILD_VERBS)
 
     async def ensure(self, job: Job, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -131,16 +143,21 @@ class Reconciler:
         raise ChildConflict(kind, name, children.describe_owner(existing))
 
     async def ensure_children(self, job: Job) -> None:
-        """Service, ServiceAccount, Role, RoleBinding and rank-table ConfigMap, each this
-        job's own; checked once per job, and again after any child is deleted or a pass fails."""
+        """Service, ServiceAccount, Role, RoleBinding, NetworkPolicy and rank-table ConfigMap,
+        each this job's own; checked once per job, and again after any child is deleted or a
+        pass fails."""
         if job.ref.uid in self.ensured:
             return
         ref = job.ref
-        await asyncio.gather(
-            self.ensure(job, "Service", service.build_service(ref)),
+        first = [
+            self.ensure(job, "Service", service.build_service(ref, job.spec.network.master_port)),
             self.ensure(job, "ServiceAccount", rbac.build_service_account(ref)),
             self.ensure(job, "Role", rbac.build_role(ref)),
-        )
+        ]
+        if job.spec.network.policy.enabled:
+            policy = networkpolicy.build_network_policy(job)
+            first.append(self.ensure(job, "NetworkPolicy", policy))
+        await asyncio.gather(*first)
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
         await self.ensure(job, "RoleBinding", rbac.build_role_binding(ref))
         if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:

@@ -9,7 +9,8 @@ from densenet_operator import naming
 from densenet_operator.spec import JobRef
 
 
-def build_service(job: JobRef) -> dict[str, Any]:
+def build_service(job: JobRef, port: int = MASTER_PORT) -> dict[str, Any]:
+    """`port`: the job's rendezvous port (spec.network.masterPort)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -19,6 +20,6 @@ def build_service(job: JobRef) -> dict[str, Any]:
             # Workers resolve the master before it is Ready; DNS must answer from the start.
             "publishNotReadyAddresses": True,
             "selector": {naming.LABEL_JOB: job.name},
-            "ports": [{"name": "dist", "port": MASTER_PORT, "targetPort": "dist"}],
+            "ports": [{"name": "dist", "port": port, "targetPort": "dist"}],
         },
     }

@@ -16,6 +16,14 @@ from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName
 from densenet_contract.recipe import Recipe
 from densenet_contract.schema import Rule, SpecError, parse, spec_field
 from densenet_operator.ascend import PRODUCTS, Product, ProductName, describe_counts
+from densenet_operator.podtemplate import (
+    OVERRIDE_RULES,
+    RESERVED_ENV,
+    Network,
+    PodTemplate,
+    env_rule,
+    pull_secrets_field,
+)
 
 __all__ = ["Job", "JobRef", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
 
@@ -274,11 +282,12 @@ SUPER_POD_RULES = (
 
 ENV_VAR_SCHEMA = {
     "type": "array",
+    "maxItems": 128,
     "items": {
         "type": "object",
         "required": ["name"],
         "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"name": {"type": "string", "minLength": 1}},
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 256}},
     },
 }
 
@@ -321,12 +330,30 @@ class TrainingSpec:
     run_policy: RunPolicy = spec_field(RunPolicy)
     scheduling: Scheduling = spec_field(Scheduling)
     env: tuple[dict[str, Any], ...] = spec_field(
-        (), schema=ENV_VAR_SCHEMA, description="Extra environment variables for the trainer container."
-    )  # fmt: skip
+        (),
+        schema=ENV_VAR_SCHEMA,
+        rules=(env_rule("env"),),
+        description="Extra environment variables for the trainer container (not those the "
+        f"operator sets: {', '.join(RESERVED_ENV)}).",
+    )
+    image_pull_secrets: tuple[dict[str, Any], ...] = pull_secrets_field()
+    pod_template: PodTemplate = spec_field(
+        PodTemplate,
+        description="Additions to every pod of the job (labels, annotations, security context, "
+        "volumes, init containers, sidecars, host network...), merged onto the operator's pod: "
+        "the operator's own fields win where changing them would break the job (README: Pod "
+        "overrides).",
+    )
+    network: Network = spec_field(
+        Network,
+        description="The rendezvous port and the job's NetworkPolicy.",
+        immutable="network is immutable: the job's Service and NetworkPolicy are made once",
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         *(_devices_rule(product) for product in PRODUCTS.values()),
         *SUPER_POD_RULES,
+        *OVERRIDE_RULES,
         Rule(
             f"self.replicas * self.devicesPerReplica <= {MAX_WORLD_SIZE}",
             f"replicas x devicesPerReplica (the world size) must be at most {MAX_WORLD_SIZE}",

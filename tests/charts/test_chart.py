@@ -147,6 +147,7 @@ def test_default_render_has_the_operator_and_its_rbac() -> None:
         ("ClusterRoleBinding", "dn-densenet-operator-cluster"),
         ("CustomResourceDefinition", CRD_NAME),
         ("Deployment", "dn-densenet-operator"),
+        ("NetworkPolicy", "dn-densenet-operator"),
         ("ServiceAccount", "dn-densenet-operator"),
         ("ValidatingAdmissionPolicy", admission.CREATOR_POLICY),
         ("ValidatingAdmissionPolicy", admission.STATUS_POLICY),
@@ -209,7 +210,7 @@ def test_schema_is_strict_at_every_level() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     free_maps = {"global", "nodeSelector", "podAnnotations", "requests", "limits",
-                 "nodeAffinity", "podAffinity", "podAntiAffinity", "labels"}  # fmt: skip
+                 "nodeAffinity", "podAffinity", "podAntiAffinity", "labels", "matchLabels"}  # fmt: skip
 
     def walk(node: dict[str, Any], where: str) -> None:
         if "$ref" in node:
@@ -317,7 +318,7 @@ def test_deployment_defaults() -> None:
     assert "command" not in operator  # the image's ENTRYPOINT, densenet-operator
     assert operator["args"] == SERVE
     assert operator["image"] == "densenet-operator:0.1.0"
-    assert operator["imagePullPolicy"] == "IfNotPresent"
+    assert operator["imagePullPolicy"] == "Always"  # kube-score: pull secrets checked each start
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env["DENSENET_TRAINER_IMAGE"] == "densenet-trainer:0.1.0"
     probe = operator["livenessProbe"]["httpGet"]
@@ -334,11 +335,11 @@ def test_deployment_defaults() -> None:
 def test_deployment_takes_the_values() -> None:
     values = {
         "image": {"repository": "registry.example/densenet-operator", "tag": "1.2.3",
-                  "pullPolicy": "Always"},
+                  "pullPolicy": "IfNotPresent"},
         "imagePullSecrets": [{"name": "regcred"}],
         "trainer.image": "registry.example/densenet-trainer:1.2.3-ascend",
-        "resources": {"requests": {"cpu": "250m", "memory": "300Mi"},
-                      "limits": {"cpu": 2, "memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "250m", "memory": "300Mi", "ephemeral-storage": "32Mi"},
+                      "limits": {"cpu": 2, "memory": "1Gi", "ephemeral-storage": "128Mi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops",
                          "effect": "NoSchedule"}],
@@ -351,7 +352,7 @@ def test_deployment_takes_the_values() -> None:
     pod = only(docs, "Deployment")["spec"]["template"]
     operator = container(docs)
     assert operator["image"] == "registry.example/densenet-operator:1.2.3"
-    assert operator["imagePullPolicy"] == "Always"
+    assert operator["imagePullPolicy"] == "IfNotPresent"
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert env["DENSENET_TRAINER_IMAGE"] == "registry.example/densenet-trainer:1.2.3-ascend"
@@ -507,7 +508,8 @@ EXPECTED_GRANTS = {
     *((group, resource, verb)
       for group, resource in [("", "services"), ("", "serviceaccounts"), ("", "configmaps"),
                               ("rbac.authorization.k8s.io", "roles"),
-                              ("rbac.authorization.k8s.io", "rolebindings")]
+                              ("rbac.authorization.k8s.io", "rolebindings"),
+                              ("networking.k8s.io", "networkpolicies")]
       for verb in ("get", "list", "watch", "create", "delete")),
     ("", "configmaps", "patch"),
     ("", "events", "create"),
@@ -528,7 +530,7 @@ def test_cluster_role_grants_exactly_what_the_operator_needs() -> None:
 
 API_VERBS = {"create": "create", "read": "get", "patch": "patch", "delete": "delete",
              "list": "list", "replace": "update"}  # fmt: skip
-API_GROUPS = {"core": "", "rbac": "rbac.authorization.k8s.io"}
+API_GROUPS = {"core": "", "rbac": "rbac.authorization.k8s.io", "networking": "networking.k8s.io"}  # fmt: skip
 
 
 def test_cluster_role_covers_every_api_call_of_the_reconciler() -> None:
@@ -551,7 +553,8 @@ def test_cluster_role_covers_every_api_call_of_the_reconciler() -> None:
     # The children: created, read and deleted through reconcile.CHILD_APIS, watched for
     # deletion through handlers.CHILD_RESOURCES.
     for api, noun in reconcile.CHILD_APIS.values():
-        needed |= {(API_GROUPS[api], noun.replace("_", "") + "s", API_VERBS[verb])
+        plural = re.sub("y$", "ie", noun.replace("_", "")) + "s"  # network_policy: ...policies
+        needed |= {(API_GROUPS[api], plural, API_VERBS[verb])
                    for verb in reconcile.CHILD_VERBS}  # fmt: skip
     for group, _, plural in CHILD_RESOURCES:
         needed |= {(group, plural, "list"), (group, plural, "watch")}

@@ -104,7 +104,13 @@ def test_real_nodes_reach_the_apiserver_on_the_host_bridge(tmp_path: Path) -> No
 def test_node_manifest_advertises_eight_npus() -> None:
     node = fakenodes.node_manifest("n0", 0)
     for field in ("capacity", "allocatable"):
-        assert node["status"][field] == {"cpu": "96", "memory": "512Gi", "pods": "110", NPU: "8"}
+        assert node["status"][field] == {
+            "cpu": "96",
+            "memory": "512Gi",
+            "ephemeral-storage": "1Ti",
+            "pods": "110",
+            NPU: "8",
+        }
     labels = node["metadata"]["labels"]
     assert labels["node.kubernetes.io/instance-type"] == "ascend-910"
     assert labels["accelerator"] == "huawei-Ascend910"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.operator.test_ascend import MATRIX
+from tests.operator.test_overrides import TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,6 +126,89 @@ INVALID = {
         with_spec(device={"ascend": {"product": "910c"}}),
         'spec.device.ascend.product: Unsupported value: "910c"',
     ),
+    # Pod overrides that cannot work (spec.podTemplate, spec.network; podtemplate.py).
+    "an override volume named like the operator's": (
+        with_spec(podTemplate={"spec": {"volumes": [{"name": "checkpoints", "emptyDir": {}}]}}),
+        "may not be named rank-table, dshm",
+    ),
+    "a sidecar named trainer": (
+        with_spec(podTemplate={"spec": {"sidecars": [{"name": "trainer", "image": "x:1"}]}}),
+        "may not be named trainer",
+    ),
+    "two sidecars of one name": (
+        with_spec(
+            podTemplate={
+                "spec": {"sidecars": [{"name": "a", "image": "x:1"}, {"name": "a", "image": "y:1"}]}
+            }
+        ),
+        'spec.podTemplate.spec.sidecars[1]: Duplicate value: {"name":"a"}',
+    ),
+    "a sidecar without an image": (
+        with_spec(podTemplate={"spec": {"sidecars": [{"name": "a"}]}}),
+        "spec.podTemplate.spec.sidecars[0].image: Required value",
+    ),
+    "a restart policy override": (
+        with_spec(podTemplate={"spec": {"restartPolicy": "OnFailure"}}),
+        "restartPolicy is the operator's",
+    ),
+    "an unknown pod field": (
+        with_spec(podTemplate={"spec": {"nodeName": "n1"}}),
+        'unknown field "spec.podTemplate.spec.nodeName"',
+    ),
+    "a mount of a missing volume": (
+        with_spec(podTemplate={"trainer": {"volumeMounts": [{"name": "x", "mountPath": "/x"}]}}),
+        "may mount only volumes of podTemplate.spec.volumes",
+    ),
+    "a mount over the rank table": (
+        with_spec(
+            podTemplate={
+                "spec": {"volumes": [{"name": "x", "emptyDir": {}}]},
+                "trainer": {"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]},
+            }
+        ),
+        "may not mount at the operator's paths",
+    ),
+    "a sidecar on the rendezvous port": (
+        with_spec(
+            network={"masterPort": 30000},
+            podTemplate={
+                "spec": {
+                    "sidecars": [{"name": "s", "image": "x:1", "ports": [{"containerPort": 30000}]}]
+                }
+            },
+        ),
+        "may not use network.masterPort",
+    ),
+    "a host port unlike its container port": (
+        with_spec(
+            podTemplate={
+                "spec": {
+                    "hostNetwork": True,
+                    "sidecars": [
+                        {
+                            "name": "s",
+                            "image": "x:1",
+                            "ports": [{"containerPort": 80, "hostPort": 81}],
+                        }
+                    ],
+                }
+            }
+        ),
+        "hostPort must equal containerPort",
+    ),
+    "a privileged master port": (with_spec(network={"masterPort": 80}), "spec.network.masterPort"),
+    "the job's own label": (
+        with_spec(podTemplate={"metadata": {"labels": {"training.densenet.dev/gang": "0"}}}),
+        "the operator finds the job's pods by them",
+    ),
+    "a topology variable": (
+        with_spec(env=[{"name": "PET_MASTER_ADDR", "value": "elsewhere"}]),
+        "the operator sets them",
+    ),
+    "too many pull secrets": (
+        with_spec(imagePullSecrets=[{"name": f"s{i}"} for i in range(9)]),
+        "spec.imagePullSecrets: Too many: 9: must have at most 8 items",
+    ),
     "world size too large": (
         with_spec(replicas=4096, devicesPerReplica=8),
         "world size) must be at most 16384",
@@ -144,6 +228,20 @@ def test_invalid_spec_is_refused_with_a_readable_message(
 
 def test_the_valid_base_is_accepted(kubectl: Any, crd: None, namespace: str) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=VALID)
+
+
+def test_a_full_pod_template_is_accepted(kubectl: Any, crd: None, namespace: str) -> None:
+    manifest = with_spec(podTemplate=TEMPLATE, imagePullSecrets=[{"name": "regcred"}],
+                         network={"masterPort": 31500, "policy": {"egress": []}})  # fmt: skip
+    kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=manifest)
+
+
+def test_the_network_settings_cannot_change(kubectl: Any, crd: None, namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=VALID)
+    changed = with_spec(network={"masterPort": 31000})
+    result = kubectl("apply", "-n", namespace, "-f", "-", input=changed, check=False)
+    assert result.returncode != 0
+    assert "network is immutable" in result.stderr
 
 
 def test_replicas_cannot_change_under_a_running_job(

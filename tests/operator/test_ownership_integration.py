@@ -18,6 +18,7 @@ CHILDREN = [
     ("rolebinding", "{}-trainer"),
     ("serviceaccount", "{}-trainer"),
     ("service", "{}"),
+    ("networkpolicy", "{}"),
 ]
 
 

@@ -72,10 +72,12 @@ def test_cpu_pod_requests_no_device_and_mounts_no_driver():
         device={"type": "cpu"},
         devicesPerReplica=2,
         data={"synthetic": True},
-        scheduling={"resources": {"requests": {"cpu": "2"}}},
+        scheduling={"resources": {"requests": {"cpu": "3"}}},
     )
     container = pods.build_pod(job, 0)["spec"]["containers"][0]
-    assert container["resources"] == {"requests": {"cpu": "2"}}
+    assert container["resources"]["requests"] == {"cpu": "3", "memory": "4Gi",
+                                                  "ephemeral-storage": "10Gi"}  # fmt: skip
+    assert container["resources"]["limits"] == {"memory": "4Gi", "ephemeral-storage": "50Gi"}
     assert "--synthetic" in container["args"] and "--data" not in container["args"]
     assert container["args"][container["args"].index("--device") + 1] == "cpu"
     assert not any("Ascend" in m["mountPath"] for m in container["volumeMounts"])
