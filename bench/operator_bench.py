@@ -63,14 +63,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Recorder:
-    """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen."""
+    """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen.
+    Pods are those carrying `job_label` (whose value names their job): our operator's by
+    default, another operator's for the side-by-side benchmark."""
 
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, job_label: str = LABEL_JOB) -> None:
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.api.configuration.connection_pool_maxsize = 32
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.namespace = namespace
+        self.job_label = job_label
         self.lock = threading.RLock()
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         self.pod_seen: dict[str, float] = {}  # uid -> first seen
@@ -84,7 +87,7 @@ class Recorder:
     def _watch_pods(self) -> None:
         while not self.stopping:
             for event in watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
-                                              label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
+                                              label_selector=self.job_label, timeout_seconds=300):  # fmt: skip
                 now = time.monotonic()
                 pod = self.api.sanitize_for_serialization(event["object"])
                 uid = pod["metadata"]["uid"]
@@ -117,7 +120,7 @@ class Recorder:
 
     def job_pods(self, job: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [p for p in self.pods.values() if p["metadata"]["labels"].get(LABEL_JOB) == job
+            return [p for p in self.pods.values() if p["metadata"]["labels"].get(self.job_label) == job
                     and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 120) -> None:

@@ -140,6 +140,9 @@ def render_kwokctl_config(bin_dir: Path, kubectl: Path) -> dict[str, Any]:
         "disableQPSLimits": True,
         "quietPull": True,
     }
+    # The side-by-side benchmark's hook: an audit policy file to count each client's requests.
+    if audit_policy := os.environ.get("DENSENET_AUDIT_POLICY"):
+        options["kubeAuditPolicy"] = audit_policy
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
