@@ -416,7 +416,11 @@ class Bench:
         log = workdir / "logs"
         log.mkdir(exist_ok=True)
         self.operators: dict[str, Callable[[str], OperatorProcess]] = {
-            "ours": lambda run: OperatorProcess(configs["ours"], log / f"ours-{run}.log"),
+            # Each logs as it ships: ours at info (the chart's logLevel), Kubeflow's at its
+            # built-in default (zap's development mode: debug).
+            "ours": lambda run: OperatorProcess(
+                configs["ours"], log / f"ours-{run}.log", verbose=False
+            ),
             "theirs": lambda run: KubeflowOperator(kubeflow / "training-operator",
                                                    configs["theirs"], log / f"theirs-{run}.log",
                                                    admin.core),
