@@ -468,9 +468,9 @@ class Bench:
                 **result}  # fmt: skip
 
 
-def print_table(summary: Mapping[str, Any]) -> None:
+def print_table(summary: Mapping[str, Any], big_ranks: int) -> None:
     rows = [("measure", "ours", "Kubeflow training-operator", "ours / theirs")]
-    for workload, label in (("wave", "wave"), ("big", "1024-rank job")):
+    for workload, label in (("wave", "wave"), ("big", f"{big_ranks}-rank job")):
         rows += table_rows(summary[workload], label)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(
         json.dumps({"machine": machine, "summary": summary, "runs": runs}, indent=2)
     )
-    print_table(summary)
+    print_table(summary, args.big_replicas * 8)
     print(f"\nwrote {args.out}")
     return 0
 
