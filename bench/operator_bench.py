@@ -63,14 +63,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Recorder:
-    """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen."""
+    """Watches pods and rank-table ConfigMaps of a namespace, recording when things happen.
+    Pods are those carrying `job_label` (whose value names their job): our operator's by
+    default, another operator's for the side-by-side benchmark."""
 
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, job_label: str = LABEL_JOB) -> None:
         self.api = config.new_client_from_config(config_file=str(kubeconfig))
         self.api.configuration.connection_pool_maxsize = 32
         self.core = client.CoreV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.namespace = namespace
+        self.job_label = job_label
         self.lock = threading.RLock()
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
         self.pod_seen: dict[str, float] = {}  # uid -> first seen
@@ -79,36 +82,53 @@ class Recorder:
         self.tables: dict[str, float] = {}  # job -> time its table was seen completed
         self.stopping = False
         for target in (self._watch_pods, self._watch_configmaps):
-            threading.Thread(target=target, daemon=True).start()
+            threading.Thread(target=self._keep_watching, args=(target,), daemon=True).start()
+
+    def _keep_watching(self, watch_once: Callable[[], None]) -> None:
+        """A watch that ends (its timeout) or breaks (a loaded API server) starts again."""
+        while not self.stopping:
+            try:
+                watch_once()
+            except Exception as error:  # a bench must outlive a dropped connection
+                print(f"[recorder] {watch_once.__name__}: {error!r}; again", file=sys.stderr)
+                time.sleep(0.5)
 
     def _watch_pods(self) -> None:
-        while not self.stopping:
-            for event in watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
-                                              label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
-                now = time.monotonic()
-                pod = self.api.sanitize_for_serialization(event["object"])
-                uid = pod["metadata"]["uid"]
-                with self.lock:
-                    if event["type"] == "DELETED":
-                        self.pods.pop(uid, None)
-                    else:
-                        self.pods[uid] = pod
-                        self.pod_seen.setdefault(uid, now)
-                        if is_running(pod):
-                            self.ready.setdefault(uid, now)
-                        if ASCEND_CONFIG_ANNOTATION in (pod["metadata"].get("annotations") or {}):
-                            self.annotated.setdefault(uid, now)
+        # Listed first, then watched from the list's version: pods deleted while no watch ran
+        # are dropped here, where a fresh watch alone would only re-add the living.
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.job_label)
+        with self.lock:
+            self.pods.clear()
+            for item in listed.items:
+                self._record_pod("ADDED", item, time.monotonic())
+        for event in watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
+                                          label_selector=self.job_label, timeout_seconds=300,
+                                          resource_version=listed.metadata.resource_version):  # fmt: skip
+            with self.lock:
+                self._record_pod(event["type"], event["object"], time.monotonic())
+
+    def _record_pod(self, kind: str, obj: Any, now: float) -> None:
+        pod = self.api.sanitize_for_serialization(obj)
+        uid = pod["metadata"]["uid"]
+        if kind == "DELETED":
+            self.pods.pop(uid, None)
+            return
+        self.pods[uid] = pod
+        self.pod_seen.setdefault(uid, now)
+        if is_running(pod):
+            self.ready.setdefault(uid, now)
+        if ASCEND_CONFIG_ANNOTATION in (pod["metadata"].get("annotations") or {}):
+            self.annotated.setdefault(uid, now)
 
     def _watch_configmaps(self) -> None:
-        while not self.stopping:
-            for event in watch.Watch().stream(self.core.list_namespaced_config_map, self.namespace,
-                                              label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
-                now = time.monotonic()
-                cm = event["object"]
-                text = (cm.data or {}).get("hccl.json")
-                if ranktable.table_status(text) == ranktable.COMPLETED:
-                    with self.lock:
-                        self.tables.setdefault(cm.metadata.labels[LABEL_JOB], now)
+        for event in watch.Watch().stream(self.core.list_namespaced_config_map, self.namespace,
+                                          label_selector=LABEL_JOB, timeout_seconds=300):  # fmt: skip
+            now = time.monotonic()
+            cm = event["object"]
+            text = (cm.data or {}).get("hccl.json")
+            if ranktable.table_status(text) == ranktable.COMPLETED:
+                with self.lock:
+                    self.tables.setdefault(cm.metadata.labels[LABEL_JOB], now)
 
     def all_seen(self, job: str) -> bool:
         """Every pod of the job seen ready and annotated."""
@@ -117,7 +137,7 @@ class Recorder:
 
     def job_pods(self, job: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [p for p in self.pods.values() if p["metadata"]["labels"].get(LABEL_JOB) == job
+            return [p for p in self.pods.values() if p["metadata"]["labels"].get(self.job_label) == job
                     and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 120) -> None:

@@ -163,6 +163,9 @@ def render_kwokctl_config(
             "kubelet-client-certificate": str(pki / "admin.crt"),
             "kubelet-client-key": str(pki / "admin.key"),
         }))  # fmt: skip
+    # The side-by-side benchmark's hook: an audit policy file to count each client's requests.
+    if audit_policy := os.environ.get("DENSENET_AUDIT_POLICY"):
+        options["kubeAuditPolicy"] = audit_policy
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",

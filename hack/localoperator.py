@@ -35,10 +35,12 @@ class OperatorProcess:
     # (see `others_stopped`), so that two operators never act on the same jobs.
     running: ClassVar[set[OperatorProcess]] = set()
 
-    def __init__(self, kubeconfig: Path, log_path: Path, *extra_args: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_path: Path, *extra_args: str, verbose: bool = True
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
-        self.extra_args = extra_args
+        self.extra_args = (*(["--verbose"] if verbose else []), *extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -51,7 +53,7 @@ class OperatorProcess:
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "densenet_operator.cli", "run", "--verbose",
+            [sys.executable, "-m", "densenet_operator.cli", "run",
              "--liveness", f"http://127.0.0.1:{self.port}/healthz",
              "--metrics", self.metrics_url, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -19,6 +19,7 @@ Standard library only: the trainer imports the recipe model for its flag default
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -80,6 +81,7 @@ def _meta(field: dataclasses.Field[Any]) -> FieldMeta:
     return field.metadata.get("spec") or FieldMeta()
 
 
+@functools.cache  # a field's key never changes; parse() asks for it on every pass
 def _key(field: dataclasses.Field[Any]) -> str:
     return _meta(field).key or camel(field.name)
 
@@ -88,9 +90,12 @@ def _rules(model: type) -> tuple[Rule, ...]:
     return tuple(getattr(model, "RULES", ()))
 
 
-def _fields(model: type) -> list[tuple[dataclasses.Field[Any], Any]]:
+@functools.cache
+def _fields(model: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
+    # Once per model: get_type_hints evaluates every (string) annotation again on each call,
+    # which was an eighth of the operator's CPU when every pass parsed the spec with it.
     hints = typing.get_type_hints(model)
-    return [(f, hints[f.name]) for f in dataclasses.fields(model) if f.init]
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(model) if f.init)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -292,7 +297,8 @@ def trainer_flags(value: Any) -> list[str]:
 def _flags(value: Any) -> tuple[list[str], list[str]]:
     pairs: list[str] = []
     switches: list[str] = []
-    for field, _ in _fields(type(value)):
+    model: type = type(value)
+    for field, _ in _fields(model):
         current = getattr(value, field.name)
         flag = _meta(field).flag
         if dataclasses.is_dataclass(current):

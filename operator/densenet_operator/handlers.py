@@ -13,6 +13,7 @@ from kubernetes_asyncio import client, config
 from densenet_contract import GROUP, PLURAL, VERSION
 from densenet_operator import naming
 from densenet_operator.children import job_owner
+from densenet_operator.diffbase import NoDiffBase
 from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
 from densenet_operator.metrics import METRICS, CountedApiClient, serve
@@ -54,6 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO  # every transition becomes a Kubernetes Event
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.persistence.diffbase_storage = NoDiffBase()  # events only: see diffbase.py
     api = await _api_client()
     reconciler = Reconciler(
         api=api,

@@ -55,3 +55,16 @@ def test_pid_running_says_no_for_missing_and_zombie_processes() -> None:
     assert not controlplane.pid_running(child.pid)  # exited, not yet reaped
     child.wait()
     assert not controlplane.pid_running(child.pid)
+
+
+def test_the_kwokctl_configuration_takes_an_audit_policy_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("DENSENET_AUDIT_POLICY", raising=False)
+    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl")["options"]
+    assert "kubeAuditPolicy" not in options
+    policy = tmp_path / "audit-policy.yaml"
+    monkeypatch.setenv("DENSENET_AUDIT_POLICY", str(policy))
+    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl")["options"]
+    assert options["kubeAuditPolicy"] == str(policy)
+    assert (options["securePort"], options["kubeAuthorization"]) == (True, True)
