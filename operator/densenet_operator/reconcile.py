@@ -31,6 +31,7 @@ from densenet_operator import (
     service,
 )
 from densenet_operator.children import ChildConflict, ChildReplaced
+from densenet_operator.expectations import PodExpectations
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import Job, SpecError, parse_job
@@ -75,6 +76,7 @@ class Reconciler:
     ensured: set[str] = field(default_factory=set)
     tables: dict[str, str] = field(default_factory=dict)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    expected: PodExpectations = field(default_factory=PodExpectations)
     requests: int = 0
     metrics: Metrics = METRICS
 
@@ -203,6 +205,7 @@ class Reconciler:
         self.ensured.discard(uid)
         self.tables.pop(uid, None)
         self.written.pop(uid, None)
+        self.expected.forget(uid)
 
     def _believed_status(self, job: Job, body: Mapping[str, Any]) -> dict[str, Any]:
         """The status to plan from: what this operator last wrote, when someone else has since
@@ -285,6 +288,7 @@ class Reconciler:
         self, job: Job, body: Mapping[str, Any], records: list[PodRecord]
     ) -> tuple[dict[str, Any] | None, float | None]:
         await self.ensure_children(job)
+        records = self.expected.with_expected(job.ref.uid, records)
         old_status = dict(body.get("status") or {})
         believed = self._believed_status(job, body)
         plan = lifecycle.plan(job, believed, records, now_utc(), self.tables.get(job.ref.uid))
@@ -338,11 +342,15 @@ class Reconciler:
         gang = int(plan.status.get("restarts") or 0)
         # Deleted by UID: a name may meanwhile belong to another pod, which is never ours to end.
         uids = {r.name: r.uid for r in records}
-        await asyncio.gather(
+        for pod in plan.delete:
+            self.expected.deleted(job.ref.uid, pod)
+        results = await asyncio.gather(
             *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404, 409),
                          body={"preconditions": {"uid": uids.get(pod)}})
               for pod in plan.delete),
             *(self.ensure(job, "Pod", pods.build_pod(job, index, gang=gang))
               for index in plan.create),
         )  # fmt: skip
+        for created in results[len(plan.delete) :]:
+            self.expected.created(job.ref.uid, PodRecord.from_pod(created))
         return patched
