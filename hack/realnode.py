@@ -505,6 +505,8 @@ def stop_nodes(site: Site) -> None:
         stop_host_side(plan)
     shutil.rmtree(site.run, ignore_errors=True)
     shutil.rmtree(site.cache / "realnode" / site.name, ignore_errors=True)
+    for cgroup in config.cluster_cgroups(site.name):  # the nodes' parents, when empty
+        cleanup.remove_empty_cgroups(cgroup)
     restore_sysctls()
 
 
