@@ -179,6 +179,12 @@ def _patch(component: str, args: dict[str, str]) -> dict[str, Any]:
     return {"name": component, "extraArgs": [{"key": k, "value": v} for k, v in args.items()]}
 
 
+def _contexts_file(name: str) -> Path:
+    """Where kwokctl adds (and removes) the cluster's context: a file of its own, never the
+    user's ~/.kube/config, which it would otherwise change and point at this cluster."""
+    return kwok_workdir() / f"{name}.kwokctl-contexts.yaml"
+
+
 def _kwokctl(
     bin_dir: Path, kubectl: Path, *args: str, timeout: float = 300, log_file: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -477,8 +483,8 @@ def _create(
     log(f"creating cluster {name!r} in {workdir}")
     proc = _kwokctl(
         bin_dir, kubectl, "create", "cluster", "--name", name, "--config", str(config_file),
-        "--timeout", f"{int(timeout)}s", "--kubeconfig=", timeout=timeout + 30,
-        log_file=log_file,
+        "--timeout", f"{int(timeout)}s", f"--kubeconfig={_contexts_file(name)}",
+        timeout=timeout + 30, log_file=log_file,
     )  # fmt: skip
     if proc.returncode != 0:
         detail = _component_log_tail(name)
@@ -497,8 +503,9 @@ def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: b
     realnode.stop_nodes(real_node_site(name, bin_dir))
     if workdir.exists() and bin_dir is not None and kubectl is not None:
         proc = _kwokctl(
-            bin_dir, kubectl, "delete", "cluster", "--name", name, "--kubeconfig=", timeout=120
-        )
+            bin_dir, kubectl, "delete", "cluster", "--name", name,
+            f"--kubeconfig={_contexts_file(name)}", timeout=120,
+        )  # fmt: skip
         if proc.returncode != 0 and not quiet:
             log(f"kwokctl delete cluster failed ({proc.returncode}): {proc.stderr.strip()}")
     # Whatever kwokctl missed (no pid file, kwokctl absent or failing): every process still
@@ -529,7 +536,7 @@ def stop(name: str = DEFAULT_NAME) -> None:
     with locked(name):
         bin_dir, kubectl = _recorded_tools(name)
         _stop_locked(name, bin_dir, kubectl, quiet=False)
-        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log"):
+        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log", _contexts_file(name).name):
             (kwok_workdir() / leftover).unlink(missing_ok=True)
         realnode.release_network_plan(name)
     log(f"cluster {name!r} stopped")

@@ -490,8 +490,10 @@ def ensure_nodes(site: Site, kubectl: Kubectl, count: int, timeout: float = 120)
         log(f"started {node_name(index)} ({plan.node_ip(index)}) of cluster {site.name!r}")
     ensure_coredns(site, plan, site.paths(0))
     names = [node_name(i) for i in range(count)]
-    for name in names:
-        wait_for(lambda n=name: _node_ready(kubectl, n), timeout, what=f"node {name} Ready")
+    wait_for(
+        lambda: all(_node_ready(kubectl, name) for name in names),
+        timeout, what=f"nodes {', '.join(names)} Ready",
+    )  # fmt: skip
     return names
 
 
@@ -505,6 +507,8 @@ def stop_nodes(site: Site) -> None:
         stop_host_side(plan)
     shutil.rmtree(site.run, ignore_errors=True)
     shutil.rmtree(site.cache / "realnode" / site.name, ignore_errors=True)
+    for cgroup in config.cluster_cgroups(site.name):  # the nodes' parents, when empty
+        cleanup.remove_empty_cgroups(cgroup)
     restore_sysctls()
 
 

@@ -132,6 +132,14 @@ def _delegate_controllers(parent: Path) -> None:
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")
 
 
+def remove_empty_cgroups(cgroup_path: str) -> None:
+    """Remove `cgroup_path` (e.g. our /densenet/<cluster>) in every hierarchy if nothing is
+    left in it; a cgroup with children or processes stays."""
+    for hierarchy in cgroup_hierarchies(MOUNTINFO.read_text()):
+        with contextlib.suppress(OSError):
+            (hierarchy / cgroup_path.lstrip("/")).rmdir()
+
+
 def make_cgroups(cgroup_root: str) -> None:
     """The kubelet's cgroupRoot in every hierarchy (it refuses one that does not exist); a
     new v1 cpuset starts empty, so it gets its parent's CPUs and memory nodes."""

@@ -128,11 +128,16 @@ class NodePaths:
     @property
     def cgroup_root(self) -> str:
         """The kubelet's cgroupRoot (relative to each hierarchy's mount)."""
-        return f"/densenet/{self.cluster}/{node_name(self.index)}"
+        return f"{cluster_cgroups(self.cluster)[0]}/{node_name(self.index)}"
 
     @property
     def containerd_socket(self) -> Path:
         return self.state / "containerd.sock"
+
+
+def cluster_cgroups(cluster: str) -> tuple[str, str]:
+    """The cgroups above a cluster's nodes' cgroupRoots, innermost first."""
+    return (f"/densenet/{cluster}", "/densenet")
 
 
 def to_toml(table: Mapping[str, Any], prefix: str = "") -> str:

@@ -304,10 +304,9 @@ def test_down_leaves_nothing_behind(cluster: localcluster.Cluster, probe_image: 
     assert realnode.processes_using([f"bind={plan.host_ip},"]) == []
     assert realnode_cleanup.mounts_left([paths.root, paths.state]) == []
     assert realnode_cleanup.cgroup_pids(paths.cgroup_root) == set()
-    assert not any(
-        (h / paths.cgroup_root.lstrip("/")).exists()
-        for h in realnode_cleanup.cgroup_hierarchies(realnode_cleanup.MOUNTINFO.read_text())
-    )
+    hierarchies = realnode_cleanup.cgroup_hierarchies(realnode_cleanup.MOUNTINFO.read_text())
+    cluster_cgroup = realnode_config.cluster_cgroups(name)[0]
+    assert not [h for h in hierarchies if (h / cluster_cgroup.lstrip("/")).exists()]
     after = _host_network()
     assert plan.bridge not in after["links"] and plan.host_veth(0) not in after["links"]
     assert paths.netns not in after["netns"]
