@@ -126,7 +126,8 @@ RECIPES: Mapping[str, ImageRecipe] = {
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """An image in buildah's storage and, for `ctr images import`, in `archive` (docker-archive)."""
+    """An image as a docker-archive tar (`ctr images import` takes it; `ensure_in_storage` puts it
+    into buildah's storage for `buildah run`)."""
 
     name: str
     ref: str
@@ -241,7 +242,10 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
     try:
         _run(["buildah", "add", container, str(tar), "/"], log)
         for command in recipe.setup:
-            _run(["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command])
+            _run(
+                ["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command],
+                log,
+            )
         env = [("PATH", DEBIAN_PATH), ("LANG", "C.UTF-8"), *recipe.env]
         config = [arg for key, value in env for arg in ("--env", f"{key}={value}")]
         _run(["buildah", "config", *config, "--cmd", "python3", container], log)
@@ -270,6 +274,9 @@ def _build(recipe: ImageRecipe, ref: str, archive: Path, root: Path) -> None:
     partial.unlink(missing_ok=True)
     _run(["buildah", "push", "--quiet", ref, f"docker-archive:{partial}:{ref}"], log)
     partial.rename(archive)
+    # The archive is the image from now on: a second copy in buildah's storage would double a
+    # trainer's GBs on disk. `ensure_in_storage` brings it back for `buildah run`.
+    remove_from_storage(ref)
 
 
 def _require_tools() -> None:
@@ -320,7 +327,7 @@ def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltIm
         _require_tools()
         ensure_base(recipe.base, cache)
         _build(recipe, ref, archive, root)
-        # One image per name: a trainer image is GBs, and every source change makes another.
+        # A trainer image is GBs and every source change makes another: older ones go.
         _prune(cache.glob(f"densenet-{recipe.name}-*.tar"), archive, recipe.repository)
     else:
         os.utime(archive)  # used now: what _prune keeps besides the current image
@@ -340,6 +347,10 @@ def ensure_images(
     cache = cache or cache_dir()
     with _locked(cache):
         return {name: ensure_image(RECIPES[name], cache) for name in names}
+
+
+def remove_from_storage(ref: str) -> None:
+    subprocess.run(["buildah", "rmi", ref], capture_output=True, check=False)
 
 
 def ensure_in_storage(image: BuiltImage) -> None:
