@@ -18,7 +18,7 @@ on a registry's base:
 Each image is saved as a docker-archive tar (what containerd's `ctr -n k8s.io images import`
 takes, tag included) under `$DENSENET_CACHE/images` (default ~/.cache/densenet-operator/images).
 Its ref's tag is a hash of everything that goes into it: the Dockerfile, the base's recipe, the
-build args, pyproject.toml, README.md and the package sources. A warm call hashes and finds the
+build args, pyproject.toml and the package sources. A warm call hashes and finds the
 archive; nothing is built. A cross-process lock keeps two callers from building at once.
 """
 
@@ -42,7 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bumped when the way images are made changes, so old archives are not reused.
 RECIPE_VERSION = "1"
 # What the Dockerfiles' build context holds that goes into an image (.dockerignore drops the rest).
-CONTEXT_FILES = ("pyproject.toml", "README.md")
+# README.md is copied in too, but reaches the image only as the wheel's long description: an
+# edit of it (frequent) does not rebuild GBs of trainer.
+CONTEXT_FILES = ("pyproject.toml",)
 CONTEXT_TREES = ("operator", "trainer")
 SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
