@@ -18,7 +18,7 @@ on a registry's base:
 Each image is saved as a docker-archive tar (what containerd's `ctr -n k8s.io images import`
 takes, tag included) under `$DENSENET_CACHE/images` (default ~/.cache/densenet-operator/images).
 Its ref's tag is a hash of everything that goes into it: the Dockerfile, the base's recipe, the
-build args, pyproject.toml, README.md and the package sources. A warm call hashes and finds the
+build args, pyproject.toml and the package sources. A warm call hashes and finds the
 archive; nothing is built. A cross-process lock keeps two callers from building at once.
 """
 
@@ -42,7 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bumped when the way images are made changes, so old archives are not reused.
 RECIPE_VERSION = "1"
 # What the Dockerfiles' build context holds that goes into an image (.dockerignore drops the rest).
-CONTEXT_FILES = ("pyproject.toml", "README.md")
+# README.md is copied in too, but reaches the image only as the wheel's long description: an
+# edit of it (frequent) does not rebuild GBs of trainer.
+CONTEXT_FILES = ("pyproject.toml",)
 CONTEXT_TREES = ("operator", "trainer")
 SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
@@ -126,7 +128,8 @@ RECIPES: Mapping[str, ImageRecipe] = {
 
 @dataclass(frozen=True)
 class BuiltImage:
-    """An image in buildah's storage and, for `ctr images import`, in `archive` (docker-archive)."""
+    """An image as a docker-archive tar (`ctr images import` takes it; `ensure_in_storage` puts it
+    into buildah's storage for `buildah run`)."""
 
     name: str
     ref: str
@@ -241,7 +244,10 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
     try:
         _run(["buildah", "add", container, str(tar), "/"], log)
         for command in recipe.setup:
-            _run(["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command])
+            _run(
+                ["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command],
+                log,
+            )
         env = [("PATH", DEBIAN_PATH), ("LANG", "C.UTF-8"), *recipe.env]
         config = [arg for key, value in env for arg in ("--env", f"{key}={value}")]
         _run(["buildah", "config", *config, "--cmd", "python3", container], log)
@@ -270,6 +276,9 @@ def _build(recipe: ImageRecipe, ref: str, archive: Path, root: Path) -> None:
     partial.unlink(missing_ok=True)
     _run(["buildah", "push", "--quiet", ref, f"docker-archive:{partial}:{ref}"], log)
     partial.rename(archive)
+    # The archive is the image from now on: a second copy in buildah's storage would double a
+    # trainer's GBs on disk. `ensure_in_storage` brings it back for `buildah run`.
+    remove_from_storage(ref)
 
 
 def _require_tools() -> None:
@@ -320,7 +329,7 @@ def ensure_image(recipe: ImageRecipe, cache: Path, root: Path = ROOT) -> BuiltIm
         _require_tools()
         ensure_base(recipe.base, cache)
         _build(recipe, ref, archive, root)
-        # One image per name: a trainer image is GBs, and every source change makes another.
+        # A trainer image is GBs and every source change makes another: older ones go.
         _prune(cache.glob(f"densenet-{recipe.name}-*.tar"), archive, recipe.repository)
     else:
         os.utime(archive)  # used now: what _prune keeps besides the current image
@@ -340,6 +349,10 @@ def ensure_images(
     cache = cache or cache_dir()
     with _locked(cache):
         return {name: ensure_image(RECIPES[name], cache) for name in names}
+
+
+def remove_from_storage(ref: str) -> None:
+    subprocess.run(["buildah", "rmi", ref], capture_output=True, check=False)
 
 
 def ensure_in_storage(image: BuiltImage) -> None:

@@ -1,7 +1,8 @@
 """docker/*.Dockerfile: linted with hadolint, and installing nothing but pyproject.toml's extras.
 
-No Docker engine here: the images are not built. What they install is pinned down instead: the
-project itself with the extras the tests install too, no requirements list, no package by name.
+What they install is pinned down here: the project itself with the extras the tests install
+too, no requirements list, no package by name. They are built for real with buildah and run in
+test_images_built.py (hack/images.py).
 """
 
 from __future__ import annotations

@@ -23,11 +23,13 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def built() -> dict[str, BuiltImage]:
+def built() -> Iterator[dict[str, BuiltImage]]:
     found = images.ensure_images()
     for image in found.values():
         images.ensure_in_storage(image)
-    return found
+    yield found
+    for image in found.values():  # the archives stay; a trainer is GBs
+        images.remove_from_storage(image.ref)
 
 
 def run_in(image: BuiltImage, *command: str, volumes: dict[Path, str] | None = None,
