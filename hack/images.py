@@ -30,10 +30,12 @@ import dataclasses
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +51,9 @@ CONTEXT_TREES = ("operator", "trainer")
 SKIPPED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Archives kept per image besides the current one: the most recently used, so that two
-# checkouts sharing the cache (a git worktree and the main tree) do not rebuild each other's.
-KEEP_PREVIOUS = 1
+# Archives kept per image besides the current one. None: a trainer archive is GBs, and a
+# machine's disk (CI's too) holds it several times over already (buildah's base, containerd).
+KEEP_PREVIOUS = 0
 # Debian's CA bundle, which Debian's pip (the bases' pip) reads.
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -98,6 +100,34 @@ PYTHON_VENV_BASE = dataclasses.replace(
 )
 
 
+def trainer_requirements(pyproject: Path = ROOT / "pyproject.toml") -> tuple[str, ...]:
+    """What the trainer extra installs (pyproject.toml), base dependencies included."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    return (*project["dependencies"], *project["optional-dependencies"]["trainer"])
+
+
+SITE_PACKAGES = "/opt/venv/lib/python3.11/site-packages"
+# The CPU flavour leaves out what only a GPU loads, lazily: Triton (torch.compile's GPU code
+# generator) and cuDNN's engine libraries (dlopened by libcudnn.so.9 on a GPU's first
+# convolution). The libraries torch links (cuBLAS, cuDNN's front, NCCL, ...) stay: without them
+# `import torch` fails. Their package metadata stays, so pip still sees the requirements met.
+CPU_ONLY_PRUNE = f"rm -rf {SITE_PACKAGES}/triton {SITE_PACKAGES}/nvidia/cudnn/lib/libcudnn_*.so*"
+# The trainer's dependencies as a base of their own (GBs: torch and the CUDA libraries PyPI's
+# torch links), rebuilt only when pyproject.toml's requirements change. The trainer's
+# Dockerfile then finds every requirement met and adds only the package: a source change
+# rebuilds a layer of a few hundred kB, not the GBs.
+TRAINER_DEPS_BASE = dataclasses.replace(
+    PYTHON_VENV_BASE,
+    name="python-trainer-deps",
+    setup=(
+        *PYTHON_VENV_BASE.setup,
+        "/opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check "
+        + " ".join(shlex.quote(r) for r in trainer_requirements()),
+        CPU_ONLY_PRUNE,
+    ),
+)
+
+
 @dataclass(frozen=True)
 class ImageRecipe:
     name: str
@@ -119,7 +149,7 @@ RECIPES: Mapping[str, ImageRecipe] = {
     "trainer": ImageRecipe(
         "trainer",
         "docker/trainer.Dockerfile",
-        PYTHON_VENV_BASE,
+        TRAINER_DEPS_BASE,
         "BASE_IMAGE",
         (("EXTRAS", "trainer"),),
     ),
@@ -243,11 +273,14 @@ def ensure_base(recipe: BaseRecipe, cache: Path) -> None:
     ).stdout.strip()
     try:
         _run(["buildah", "add", container, str(tar), "/"], log)
+        # pip in a setup step trusts what this machine trusts (see _build), for that step only.
+        ca = [f"--volume={CA_BUNDLE}:{CA_BUNDLE}:ro"] if CA_BUNDLE.is_file() else []
         for command in recipe.setup:
             _run(
-                ["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c", command],
+                ["buildah", "run", "--isolation", "chroot", *ca, container, "--", "sh", "-c",
+                 command],
                 log,
-            )
+            )  # fmt: skip
         env = [("PATH", DEBIAN_PATH), ("LANG", "C.UTF-8"), *recipe.env]
         config = [arg for key, value in env for arg in ("--env", f"{key}={value}")]
         _run(["buildah", "config", *config, "--cmd", "python3", container], log)

@@ -519,8 +519,11 @@ def load_image(site: Site, archive: Path, ref: str | None = None) -> list[str]:
     names: list[str] = [ref] if ref else []
     for index in node_indices(site):
         socket = site.paths(index).containerd_socket
-        if ref is None or ref not in images.images_present(socket):
+        present = images.images_present(socket)
+        if ref is None or ref not in present:
             names = images.load_image(archive, socket)
+            # Older builds of the same image go: a node would otherwise keep every trainer.
+            images.remove_images(images.superseded(present, names), socket)
     return names
 
 

@@ -145,3 +145,23 @@ def load_image(archive: Path, socket: Path) -> list[str]:
     if proc.returncode != 0:
         raise RuntimeError(f"ctr images import {archive} failed: {proc.stderr.strip()}")
     return imported_refs(proc.stdout)
+
+
+def superseded(present: set[str], refs: list[str]) -> list[str]:
+    """The other tags of the repositories of `refs` (older builds of the same image)."""
+    repositories = {ref.rpartition(":")[0] for ref in refs}
+    return sorted(
+        name for name in present
+        if name.rpartition(":")[0] in repositories and name not in refs
+        and not name.startswith("sha256:")
+    )  # fmt: skip
+
+
+def remove_images(names: list[str], socket: Path) -> None:
+    """Remove images from containerd's `k8s.io` namespace; its garbage collector then frees
+    their layers unless another image shares them (a trainer image is GBs)."""
+    if names:
+        subprocess.run(
+            ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "rm", *names],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip

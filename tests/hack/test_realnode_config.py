@@ -166,3 +166,14 @@ def test_image_names_follow_their_content(tmp_path: Path) -> None:
     assert spec.ref() != before
     ctr_output = "unpacking localhost/densenet/pause:0123 (sha256:" + "a" * 64 + ")...done\n"
     assert images.imported_refs(ctr_output) == ["localhost/densenet/pause:0123"]
+
+
+def test_an_import_supersedes_only_older_tags_of_the_same_image() -> None:
+    present = {
+        "localhost/densenet-trainer:old1", "localhost/densenet-trainer:new",
+        "localhost/densenet-operator:old", "localhost/densenet-pause:abc",
+        "sha256:0123",
+    }  # fmt: skip
+    stale = images.superseded(present, ["localhost/densenet-trainer:new"])
+    assert stale == ["localhost/densenet-trainer:old1"]
+    assert images.superseded(present, []) == []
