@@ -10,9 +10,8 @@ and finish times. `terminal_status` builds exactly that patch and `set_pod_phase
 It is the one place pod status is written as a kubelet would; its users:
 - tests that end a pod (`Jobs.set_pod_phase`, tests/hack), playing the kubelet;
 - `fakenodes.delete_node(gc_pods=True)`, playing kube-controller-manager's pod garbage
-  collector, which fails the pods of a deleted node (with a DisruptionTarget condition);
-- `podrunner.LocalKubelet`, which runs a pod's container as a local process and reports its
-  real exit code here when the process ends.
+  collector, which fails the pods of a deleted node (with a DisruptionTarget condition).
+Pods that must really run go to the real node (hack/realnode.py), whose kubelet is the real one.
 
 Not emulated: container restarts (restartPolicy Always/OnFailure: restartCount stays as it
 is), init containers, ephemeral containers, `lastState`, and the pod's `status.startTime`.

@@ -1,5 +1,4 @@
-"""hack/kubelet.py: the status a kubelet writes when a pod's containers end (unit); the pod
-runner's use of it and of the pod's DNS names (hack/podrunner.py)."""
+"""hack/kubelet.py: the status a kubelet writes when a pod's containers end (unit)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ from typing import Any
 
 import pytest
 from kubelet import exit_code_of, terminal_status
-from podrunner import is_pod_dns_name, localize_pod_addresses
 
 NOW = "2026-01-01T00:00:10Z"
 
@@ -89,38 +87,3 @@ def test_a_container_that_never_started_starts_and_ends_now() -> None:
 def test_exit_codes_of_processes_killed_by_a_signal() -> None:
     assert exit_code_of(0) == 0 and exit_code_of(3) == 3
     assert exit_code_of(-9) == 137 and exit_code_of(-15) == 143
-
-
-@pytest.mark.parametrize(
-    ("value", "local"),
-    [
-        ("job-worker-0.job", True),
-        ("job-worker-0.job.ns", True),
-        ("job-worker-0.job.ns.svc", True),
-        ("job-worker-0.job.ns.svc.cluster.local", True),
-        ("job-worker-0.other", False),  # another Service's pod
-        ("job.ns", False),  # no host: the namespace, not the subdomain
-        ("job-worker-0.job.elsewhere", False),
-        ("/data/job-worker-0.job", False),
-        ("job", False),
-        ("29500", False),
-    ],
-)
-def test_pod_dns_names_under_the_subdomain(value: str, local: bool) -> None:
-    assert is_pod_dns_name(value, "job", "ns") is local
-
-
-def test_every_variable_naming_a_pod_of_the_job_points_here() -> None:
-    env = {
-        "MASTER_ADDR": "job-worker-0.job",  # today's contract
-        "PET_MASTER_ADDR": "job-worker-0.job",  # torchrun's own variables
-        "PET_MASTER_PORT": "29500",
-        "RANK_TABLE_FILE": "/user/serverid/devindex/config/hccl.json",
-        "NOT_OURS": "db-0.database",
-    }
-    assert localize_pod_addresses(env, "job", "ns") == {
-        **env,
-        "MASTER_ADDR": "127.0.0.1",
-        "PET_MASTER_ADDR": "127.0.0.1",
-    }
-    assert localize_pod_addresses(env, None, "ns") == env  # a pod without a subdomain
