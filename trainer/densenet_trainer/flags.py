@@ -224,6 +224,15 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         "measured faster; off for npu)",
     )
     model.add_argument(
+        "--fused-dense",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the dense blocks fused (docs/performance.md): each feature map's batch "
+        "statistics computed once for all the layers that normalize it, no concatenated or "
+        "normalized copies kept; computes what torchvision's model does, and checkpoints stay "
+        "torchvision state dicts",
+    )
+    model.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=False,
