@@ -77,7 +77,9 @@ def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count:
         norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), factor)
 
 
-def scale_shift(norm: nn.BatchNorm2d, mean: Tensor | None, var: Tensor | None) -> tuple[Tensor, Tensor]:
+def scale_shift(
+    norm: nn.BatchNorm2d, mean: Tensor | None, var: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """``norm`` as ``x * scale + shift``: over the given batch statistics, or (None) over its
     running statistics (evaluation)."""
     if mean is None or var is None:
@@ -214,7 +216,7 @@ def normalize_relu_backward(
     if fused_dense_kernels.applies(prefix):
         return fused_dense_kernels.normalize_relu_backward(grad_normalized, prefix, scale, shift)
     pre = torch.addcmul(_per_channel(shift), prefix, _per_channel(scale))
-    grad_pre = grad_normalized.to(pre.dtype).mul_(pre > 0)
+    grad_pre = torch.where(pre > 0, grad_normalized.to(pre.dtype), 0.0)  # a new tensor
     grad_shift = grad_pre.sum(dim=(0, 2, 3))
     grad_scale = (grad_pre * prefix).sum(dim=(0, 2, 3))
     grad_prefix = grad_pre.mul_(_per_channel(scale)).to(prefix.dtype)
