@@ -240,35 +240,32 @@ def test_trainer_trains_digits_like_torchvision_and_checkpoints_stay_torchvision
     digits: DigitsSplit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One real epoch on digits with and without --fused-dense from the same seed: the same
-    first loss, later losses as close as torchvision's own model in another memory format
-    (NCHW) comes, and the same accuracy; then the plain (torchvision) model evaluates the
-    fused run's checkpoint to the accuracy the fused run reported."""
+    losses and the same accuracy; then the plain (torchvision) model evaluates the fused run's
+    checkpoint to the accuracy the fused run reported."""
     data = digits_subset(digits, tmp_path / "digits", {"train": 10, "val": 5})
     common = [
         *("--data", str(data), "--arch", "densenet121", "--image-size", str(DIGITS_SIZE)),
-        *("--batch-size", "20", "--workers", "0", "--device", "cpu", "--seed", "0"),
+        *("--batch-size", "50", "--workers", "0", "--device", "cpu", "--seed", "0"),
     ]
     train = [*common, "--mode", "train_and_evaluate", "--epochs", "1", "--lr", "0.01"]
-    variants = {"fused": ["--fused-dense"], "plain": [], "plain-nchw": ["--no-channels-last"]}
     accuracy, losses = {}, {}
-    for variant, flags in variants.items():
+    for variant in ("fused", "plain"):
         out = tmp_path / variant
-        flags = [*flags, "--checkpoint-dir", str(out), "--loss-log", str(out / "losses.jsonl")]
-        assert main([*train, *flags]) == 0
+        flags = ["--checkpoint-dir", str(out), "--loss-log", str(out / "losses.jsonl")]
+        assert main([*train, *flags, *(["--fused-dense"] if variant == "fused" else [])]) == 0
         log = capsys.readouterr().out
         assert f"fused dense blocks {'on' if variant == 'fused' else 'off'}" in log
         evaluated = EVAL_LINE.search(log)
         assert evaluated is not None, log[-3000:]
         accuracy[variant] = float(evaluated["acc1"])
         losses[variant] = read_losses(out / "losses.jsonl")
-        assert [step for step, _ in losses[variant]] == [1, 2, 3, 4, 5]  # 100 images, batch 20
-    fused, plain, nchw = ([loss for _, loss in losses[v]] for v in variants)
-    assert fused[0] == pytest.approx(plain[0], rel=1e-5)  # the same weights and batch
-    # After the first update rounding differences grow (BatchNorm over few values per channel
-    # in the last block); the fused model stays within what another layout changes.
-    fused_drift = sum(abs(f - p) for f, p in zip(fused, plain))
-    layout_drift = sum(abs(n - p) for n, p in zip(nchw, plain))
-    assert fused_drift <= 5 * layout_drift + 1e-4, (fused, plain, nchw)
+        assert [step for step, _ in losses[variant]] == [1, 2]  # 100 images, batch 50
+    (_, fused_first), (_, fused_second) = losses["fused"]
+    (_, plain_first), (_, plain_second) = losses["plain"]
+    assert fused_first == pytest.approx(plain_first, rel=1e-5)  # the same weights and batch
+    # After an update float32 rounding differences grow (BatchNorm over the last block's few
+    # values per channel): as much as between torchvision's model in NCHW and channels_last.
+    assert fused_second == pytest.approx(plain_second, rel=2e-3)
     one_image = 100 / 50 + 1e-6  # a near-tie may round to the other class
     assert accuracy["fused"] == pytest.approx(accuracy["plain"], abs=one_image)
 
