@@ -32,7 +32,10 @@ def max_error(actual: Tensor, expected: Tensor) -> float:
 def relative_l2_error(actual: list[Tensor], expected: list[Tensor]) -> float:
     """Of all tensors together: a few gradients are tiny sums that cancel (about 1e-5, with
     3% rounding error in torchvision's float32 model itself)."""
-    diff = sum(float((a.double() - b.double()).square().sum()) for a, b in zip(actual, expected))
+    diff = sum(
+        float((a.double() - b.double()).square().sum())
+        for a, b in zip(actual, expected, strict=True)
+    )
     return (diff / sum(float(b.double().square().sum()) for b in expected)) ** 0.5
 
 
@@ -54,15 +57,18 @@ def kernel_errors(dtype: torch.dtype) -> dict[str, float]:
     grads = kernels.normalize_relu_backward(grad, prefix, scale, shift)
     assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == dtype
     names = ("grad prefix", "grad scale", "grad shift")
-    errors = {name: max_error(g, r) for name, g, r in zip(names, grads, reference_grads)}
+    errors = {
+        name: max_error(g, r) for name, g, r in zip(names, grads, reference_grads, strict=True)
+    }
     return {"normalized": max_error(out, reference), **errors}
 
 
 def model_errors() -> dict[str, Any]:
     """A small DenseNet, float32 channels_last, two training steps and an evaluation through
     the kernels, against torchvision's."""
-    import densenet_trainer.fused_dense as fused_dense
     from torchvision.models import DenseNet
+
+    import densenet_trainer.fused_dense as fused_dense
 
     calls = {"forward": 0, "backward": 0}
     forward, backward = fused_dense.normalize_relu, fused_dense.normalize_relu_backward
@@ -99,7 +105,7 @@ def model_errors() -> dict[str, Any]:
         errors[f"step {step} output"] = max_error(out, expected_out)
         errors[f"step {step} input grad"] = max_error(input_grad, expected_grad)
         errors[f"step {step} parameter grads"] = relative_l2_error(grads, expected_grads)
-    buffers = zip(models[1].buffers(), models[0].buffers())
+    buffers = zip(models[1].buffers(), models[0].buffers(), strict=True)
     errors["buffers"] = max(max_error(b.float(), a.float()) for b, a in buffers)
     return {"errors": errors, "kernel calls": calls}
 

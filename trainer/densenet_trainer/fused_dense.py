@@ -68,10 +68,8 @@ def update_running_stats(norm: nn.BatchNorm2d, mean: Tensor, var: Tensor, count:
     assert norm.num_batches_tracked is not None
     with torch.no_grad():
         norm.num_batches_tracked.add_(1)
-        if norm.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(norm.num_batches_tracked)
-        else:
-            factor = norm.momentum
+        cumulative = 1.0 / float(norm.num_batches_tracked)  # BatchNorm's, for momentum None
+        factor = cumulative if norm.momentum is None else norm.momentum
         unbiased = var.detach() * (count / (count - 1))
         norm.running_mean.lerp_(mean.detach().to(norm.running_mean.dtype), factor)
         norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), factor)
