@@ -52,7 +52,7 @@ def kernel_errors(dtype: torch.dtype) -> dict[str, float]:
     grad = torch.randn(3, 70, 5, 7, generator=generator).to(dtype)
     assert kernels.applies(prefix)
     reference = normalize_relu(prefix.contiguous(), scale, shift, dtype)  # NCHW: PyTorch's
-    reference_grads = normalize_relu_backward(grad, prefix.contiguous(), scale, shift)
+    reference_grads = normalize_relu_backward(grad, reference, prefix.contiguous(), scale, shift)
     out = kernels.normalize_relu(prefix, scale, shift, dtype)
     grads = kernels.normalize_relu_backward(grad, prefix, scale, shift)
     assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == dtype
@@ -76,7 +76,7 @@ def model_errors() -> dict[str, Any]:
     def counted(name: str, function: Any) -> Any:
         def call(*args: Any) -> Any:
             calls[name] += fused_dense.fused_dense_kernels.applies(
-                args[1 if name == "backward" else 0]
+                args[2 if name == "backward" else 0]
             )
             return function(*args)
 

@@ -9,10 +9,10 @@ BatchNorm affine (its gamma and beta over the shared statistics) and the ReLU.
 Each block keeps its raw feature maps in one preallocated buffer, each map written into it once,
 so a layer reads its input as a channel prefix of that buffer instead of a ``torch.cat`` copy.
 :class:`NormReLUConv1x1` applies scale/shift + ReLU and the 1x1 convolution of ``norm1 -> relu1
--> conv1`` (and of each transition) without keeping the normalized input for backward: backward
-recomputes it from the buffer, as torchvision's ``memory_efficient`` mode does by checkpointing.
-The elementwise passes run as Triton kernels on CUDA with channels_last features
-(``fused_dense_kernels``), in PyTorch otherwise.
+-> conv1`` (and of each transition). The elementwise passes run as Triton kernels on CUDA with
+channels_last features (``fused_dense_kernels``), which backward re-runs instead of keeping the
+normalized input (as torchvision's ``memory_efficient`` mode does by checkpointing); elsewhere
+they are PyTorch ops.
 
 Exact: the same weights give the same outputs, gradients and running statistics as
 torchvision's model (tests/trainer/test_fused_dense.py). :class:`FusedDenseNet` subclasses
@@ -160,8 +160,9 @@ class NormReLUConv1x1(torch.autograd.Function):
     """``conv1x1(relu(prefix * scale + shift))`` over a block's buffer prefix, differentiable
     in the maps that make up the prefix (``chunks``), ``scale``, ``shift`` and ``weight``.
 
-    The normalized input is not kept: backward recomputes it from the buffer, which later
-    layers only extend (they never write the prefix a layer read).
+    Backward reads the prefix from the buffer, which later layers only extend (they never
+    write the prefix a layer read), and with the Triton kernels recomputes the normalized
+    input from it instead of keeping it.
     """
 
     @staticmethod
@@ -172,6 +173,9 @@ class NormReLUConv1x1(torch.autograd.Function):
         prefix = features.prefix()
         normalized = normalize_relu(prefix, scale, shift, weight.dtype)
         ctx.prefix = prefix
+        # The kernels recompute it in one pass; PyTorch's path keeps it (as torchvision keeps
+        # its ReLU output), a recompute costing it two more passes.
+        ctx.normalized = None if fused_dense_kernels.applies(prefix) else normalized
         ctx.chunk_widths = [chunk.shape[1] for chunk in chunks]
         ctx.save_for_backward(scale, shift, weight)
         return F.conv2d(normalized, weight)
@@ -179,23 +183,25 @@ class NormReLUConv1x1(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         scale, shift, weight = ctx.saved_tensors
-        prefix = ctx.prefix
-        normalized = normalize_relu(prefix, scale, shift, weight.dtype)
+        prefix, normalized = ctx.prefix, ctx.normalized
+        if normalized is None:
+            normalized = normalize_relu(prefix, scale, shift, weight.dtype)
         grad_out = grad_out.contiguous(memory_format=_memory_format(normalized))
         grad_normalized, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad_out, normalized, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
             [True, ctx.needs_input_grad[3], False],
         )  # fmt: skip
-        del normalized
         grad_prefix, grad_scale, grad_shift = normalize_relu_backward(
-            grad_normalized, prefix, scale, shift
+            grad_normalized, normalized, prefix, scale, shift
         )
         grad_chunks = grad_prefix.split(ctx.chunk_widths, dim=1)
         return (None, grad_scale, grad_shift, grad_weight, *grad_chunks)
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
-    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+    """channels_last when channels are x's innermost dimension, for views (a buffer's
+    prefix) too, which are contiguous in neither format."""
+    return torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
 
 
 def normalize_relu(prefix: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dtype) -> Tensor:
@@ -208,13 +214,15 @@ def normalize_relu(prefix: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dt
 
 
 def normalize_relu_backward(
-    grad_normalized: Tensor, prefix: Tensor, scale: Tensor, shift: Tensor
+    grad_normalized: Tensor, normalized: Tensor, prefix: Tensor, scale: Tensor, shift: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of :func:`normalize_relu` in its prefix, scale and shift."""
+    """Gradients of :func:`normalize_relu` (whose output was ``normalized``) in its prefix,
+    scale and shift."""
     if fused_dense_kernels.applies(prefix):
         return fused_dense_kernels.normalize_relu_backward(grad_normalized, prefix, scale, shift)
-    pre = torch.addcmul(_per_channel(shift), prefix, _per_channel(scale))
-    grad_pre = torch.where(pre > 0, grad_normalized.to(pre.dtype), 0.0)  # a new tensor
+    # ReLU's own backward (a new tensor): the gradient where the normalized input is > 0
+    grad_pre = torch.ops.aten.threshold_backward(grad_normalized, normalized, 0)
+    grad_pre = grad_pre.to(torch.promote_types(scale.dtype, prefix.dtype))
     grad_shift = grad_pre.sum(dim=(0, 2, 3))
     grad_scale = (grad_pre * prefix).sum(dim=(0, 2, 3))
     grad_prefix = grad_pre.mul_(_per_channel(scale)).to(prefix.dtype)

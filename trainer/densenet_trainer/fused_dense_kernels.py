@@ -47,8 +47,8 @@ def _row_stride(prefix: Tensor) -> int:
 
 
 def _channels_last_like(prefix: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.empty(prefix.shape, dtype=dtype, device=prefix.device).contiguous(
-        memory_format=torch.channels_last
+    return torch.empty(
+        prefix.shape, dtype=dtype, device=prefix.device, memory_format=torch.channels_last
     )
 
 
