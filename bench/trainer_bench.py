@@ -37,7 +37,9 @@ share a process (peak memory is reset between them); every compiled variant gets
 and on cpu every variant does (RSS only grows). ``--nproc 1 2`` also runs ``ours`` variants
 under torchrun (gloo on cpu): scaling efficiency = img/s(N) / (N x img/s(1)).
 
-``--profile`` instead prints one bf16 channels_last training step's GPU time by kernel
+``--interleave`` instead runs the eager ``ours`` variants' training steps in one process,
+taking turns step by step, and prints each one's median and fastest step: on a shared machine
+all variants then see the same load, which separate runs do not. ``--profile`` instead prints one bf16 channels_last training step's GPU time by kernel
 category (torch.profiler): where the time goes; once per ``fused=`` setting of the ``ours``
 variants given (``--variants ours ours,fused=1`` profiles both). See docs/performance.md for the results.
 
@@ -461,6 +463,72 @@ def profile_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def interleaved_step_times(
+    arch: str, batch: int, size: int, device_name: str, variants: Sequence[str], steps: int
+) -> dict[str, list[float]]:
+    """Seconds per training step of each eager ``ours`` variant (its amp=, cl=, fused=),
+    the variants taking turns step by step; the first 2 rounds are warm-up."""
+    import torch
+
+    from densenet_trainer.distributed import synchronize
+    from densenet_trainer.engine import amp_settings
+    from densenet_trainer.flags import parse_args
+    from densenet_trainer.train import build_model, build_optimizer
+
+    device = torch.device(device_name)
+    images = torch.randn(batch, 3, size, size, device=device)
+    targets = torch.randint(0, 1000, (batch,), device=device)
+    runs = {}
+    for variant in variants:
+        settings = parse_variant(variant)[1]
+        torch.manual_seed(0)
+        model = build_model(arch, 1000, settings.get("fused", "0") == "1").to(device)
+        channels_last = settings.get("cl", "1") == "1"
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)  # type: ignore[call-overload]
+        optimizer = build_optimizer(model, parse_args(["--synthetic"]), device)
+        amp = amp_settings(
+            settings.get("amp", str(int(device.type == "cuda"))) == "1", "auto", device
+        )
+        runs[variant] = (model, optimizer, amp, images.contiguous(memory_format=layout))
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for round_index in range(steps + 2):
+        for variant, (model, optimizer, amp, batch_images) in runs.items():
+            synchronize(device)
+            began = time.perf_counter()
+            with amp.autocast():
+                loss = torch.nn.functional.cross_entropy(model(batch_images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            synchronize(device)
+            if round_index >= 2:
+                times[variant].append(time.perf_counter() - began)
+    return times
+
+
+def interleaved_steps(args: argparse.Namespace) -> int:
+    import statistics
+
+    variants = [v for v in args.variants if v.startswith("ours") and "compile" not in v]
+    for arch in args.models:
+        for batch in args.batches:
+            times = interleaved_step_times(
+                arch, batch, args.sizes[0], args.device, variants, args.steps
+            )
+            print(f"{arch} b{batch} {args.sizes[0]}px on {args.device}, interleaved steps:")
+            first = variants[0]
+            for variant, seconds in times.items():
+                ratios = [a / b for a, b in zip(times[first], seconds, strict=True)]
+                print(
+                    f"  {variant:<24} median {statistics.median(seconds):.3f} s "
+                    f"({batch / statistics.median(seconds):.1f} img/s), fastest "
+                    f"{min(seconds):.3f} s; {first} time / this, per round: median "
+                    f"{statistics.median(ratios):.2f}"
+                )
+    return 0
+
+
 # ---------------------------------------------------------------- the orchestrating side
 
 
@@ -762,6 +830,12 @@ def parse_cli(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead: GPU time of one bf16 channels_last step by kernel category (cuda)",
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="instead: the eager 'ours' variants' training steps in one process, alternating, "
+        "so that all see the same machine load (a shared CPU); median and fastest step",
+    )
     return parser.parse_args(argv)
 
 
@@ -776,6 +850,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.profile:
         return profile_step(args)
+    if args.interleave:
+        return interleaved_steps(args)
     info = machine_info(args.device)
     out = Path(
         args.out or ROOT / "bench" / "results" / f"trainer-{device_slug(info, args.device)}.json"
