@@ -21,8 +21,9 @@ from torchvision.models import DenseNet
 
 from densenet_trainer.checkpoint import BEST_MODEL_NAME, load_checkpoint
 from densenet_trainer.digits import DigitsSplit
+from densenet_trainer.flags import parse_args
 from densenet_trainer.fused_dense import ARCH_CONFIGS, FusedDenseNet, fused_densenet
-from densenet_trainer.train import main
+from densenet_trainer.train import build_model, main
 
 from .conftest import DIGITS_SIZE
 
@@ -276,3 +277,10 @@ def test_trainer_trains_digits_like_torchvision_and_checkpoints_stay_torchvision
     evaluated = LOADED_EVAL_LINE.search(capsys.readouterr().out)
     assert evaluated is not None
     assert float(evaluated["acc1"]) == pytest.approx(accuracy["fused"], abs=one_image)
+
+
+def test_the_flag_picks_the_model() -> None:
+    assert parse_args(["--synthetic"]).fused_dense is False
+    assert parse_args(["--synthetic", "--fused-dense"]).fused_dense is True
+    assert type(build_model("densenet169", 10, fused_dense=True)) is FusedDenseNet
+    assert type(build_model("densenet169", 10)) is DenseNet
