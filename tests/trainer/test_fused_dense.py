@@ -284,3 +284,9 @@ def test_the_flag_picks_the_model() -> None:
     assert parse_args(["--synthetic", "--fused-dense"]).fused_dense is True
     assert type(build_model("densenet169", 10, fused_dense=True)) is FusedDenseNet
     assert type(build_model("densenet169", 10)) is DenseNet
+
+
+def test_compile_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--synthetic", "--fused-dense", "--compile"])
+    assert "--fused-dense does not work with --compile" in capsys.readouterr().err
