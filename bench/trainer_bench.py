@@ -21,6 +21,7 @@ Modifiers after a comma change one setting of ``ours`` (or of ``ref`` where it a
     workers=N    loader worker processes (ImageFolder data)
     pin=0        no pinned host memory (patches the trainer's loader settings)
     threads=N    torch CPU threads per process
+    fused=0|1    --fused-dense (fused_dense.py: shared batch statistics, no concatenation)
 
 Data: ``synthetic`` (one random batch made on the device, the trainer's --synthetic) or
 ``jpeg``: an ImageFolder of JPEGs of ImageNet-like size (320-500 x 280-400 px, smooth random
@@ -36,8 +37,11 @@ share a process (peak memory is reset between them); every compiled variant gets
 and on cpu every variant does (RSS only grows). ``--nproc 1 2`` also runs ``ours`` variants
 under torchrun (gloo on cpu): scaling efficiency = img/s(N) / (N x img/s(1)).
 
-``--profile`` instead prints one bf16 channels_last training step's GPU time by kernel
-category (torch.profiler): where the time goes. See docs/performance.md for the results.
+``--interleave`` instead runs the eager ``ours`` variants' training steps in one process,
+taking turns step by step, and prints each one's median and fastest step: on a shared machine
+all variants then see the same load, which separate runs do not. ``--profile`` instead prints one bf16 channels_last training step's GPU time by kernel
+category (torch.profiler): where the time goes; once per ``fused=`` setting of the ``ours``
+variants given (``--variants ours ours,fused=1`` profiles both). See docs/performance.md for the results.
 
 Prints a table; writes JSON (default bench/results/trainer-<device>.json), merged with the
 runs already there (a run measured again replaces its old entry).
@@ -71,7 +75,7 @@ SCHEMA = 1
 JPEG_CLASSES = 10
 DEFAULT_TIMEOUT = 900.0
 
-MODIFIERS = ("amp", "cl", "sgd", "compile", "cudnn", "workers", "pin", "threads")
+MODIFIERS = ("amp", "cl", "sgd", "compile", "cudnn", "workers", "pin", "threads", "fused")
 
 
 # ---------------------------------------------------------------- run configurations
@@ -149,6 +153,8 @@ def trainer_flags(cfg: RunConfig) -> list[str]:
         flags += ["--channels-last" if s["cl"] == "1" else "--no-channels-last"]
     if cfg.compiled:
         flags += ["--compile", "--compile-mode", s["compile"]]
+    if s.get("fused", "0") == "1":
+        flags += ["--fused-dense"]
     return flags
 
 
@@ -371,6 +377,7 @@ def worker(config_path: str, result_path: str) -> int:
 
 KERNEL_CATEGORIES = (
     ("optimizer", ("sgd", "multi_tensor", "foreach")),
+    ("fused norm+relu (Triton)", ("normalize_relu",)),
     ("batch_norm", ("batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford")),
     ("concat/copy", ("cat", "copy", "direct_copy")),
     ("relu/elementwise", ("relu", "threshold", "elementwise", "vectorized", "add")),
@@ -378,8 +385,11 @@ KERNEL_CATEGORIES = (
 )
 
 
-def profile_one(arch: str, batch: int, size: int, device_name: str, steps: int = 5) -> None:
-    """GPU time of ``ours``'s training step (bf16, channels_last, auto SGD) by kernel category."""
+def profile_one(
+    arch: str, batch: int, size: int, device_name: str, fused: bool = False, steps: int = 5
+) -> None:
+    """GPU time of ``ours``'s training step (bf16, channels_last, auto SGD; --fused-dense
+    with ``fused``) by kernel category."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -388,7 +398,7 @@ def profile_one(arch: str, batch: int, size: int, device_name: str, steps: int =
     from densenet_trainer.train import build_model, build_optimizer
 
     device = torch.device(device_name)
-    model = build_model(arch, 1000).to(device).to(memory_format=torch.channels_last)
+    model = build_model(arch, 1000, fused).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, parse_args(["--synthetic"]), device)
     amp = amp_settings(True, "auto", device)
     images = torch.randn(batch, 3, size, size, device=device)
@@ -427,19 +437,95 @@ def profile_one(arch: str, batch: int, size: int, device_name: str, steps: int =
     total = sum(totals.values())
     runs = steps
     print(
-        f"{arch} b{batch} {size}px bf16 channels_last on {device.type}: {total / runs / 1e3:.1f} ms "
+        f"{arch}{' --fused-dense' if fused else ''} b{batch} {size}px bf16 channels_last on "
+        f"{device.type}: {total / runs / 1e3:.1f} ms "
         f"of kernels per step ({batch * runs / (total / 1e6):.0f} img/s if the device never idled)"
     )
     for category, us in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {category:<18} {us / runs / 1e3:8.2f} ms  {100 * us / total:5.1f}%")
+        print(f"  {category:<24} {us / runs / 1e3:8.2f} ms  {100 * us / total:5.1f}%")
     for us, name in sorted(kernels, reverse=True)[:12]:
         print(f"    {us / runs / 1e3:7.2f} ms  {name}")
 
 
 def profile_step(args: argparse.Namespace) -> int:
+    """One profile per model, batch and --fused-dense setting among the ``ours`` variants."""
+    fused_settings = sorted(
+        {
+            parse_variant(v)[1].get("fused", "0") == "1"
+            for v in args.variants
+            if v.startswith("ours")
+        }
+    )
     for arch in args.models:
         for batch in args.batches:
-            profile_one(arch, batch, args.sizes[0], args.device)
+            for fused in fused_settings or [False]:
+                profile_one(arch, batch, args.sizes[0], args.device, fused)
+    return 0
+
+
+def interleaved_step_times(
+    arch: str, batch: int, size: int, device_name: str, variants: Sequence[str], steps: int
+) -> dict[str, list[float]]:
+    """Seconds per training step of each eager ``ours`` variant (its amp=, cl=, fused=),
+    the variants taking turns step by step; the first 2 rounds are warm-up."""
+    import torch
+
+    from densenet_trainer.distributed import synchronize
+    from densenet_trainer.engine import amp_settings
+    from densenet_trainer.flags import parse_args
+    from densenet_trainer.train import build_model, build_optimizer
+
+    device = torch.device(device_name)
+    images = torch.randn(batch, 3, size, size, device=device)
+    targets = torch.randint(0, 1000, (batch,), device=device)
+    runs = {}
+    for variant in variants:
+        settings = parse_variant(variant)[1]
+        torch.manual_seed(0)
+        model = build_model(arch, 1000, settings.get("fused", "0") == "1").to(device)
+        channels_last = settings.get("cl", "1") == "1"
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=layout)  # type: ignore[call-overload]
+        optimizer = build_optimizer(model, parse_args(["--synthetic"]), device)
+        amp = amp_settings(
+            settings.get("amp", str(int(device.type == "cuda"))) == "1", "auto", device
+        )
+        runs[variant] = (model, optimizer, amp, images.contiguous(memory_format=layout))
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    for round_index in range(steps + 2):
+        for variant, (model, optimizer, amp, batch_images) in runs.items():
+            synchronize(device)
+            began = time.perf_counter()
+            with amp.autocast():
+                loss = torch.nn.functional.cross_entropy(model(batch_images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            synchronize(device)
+            if round_index >= 2:
+                times[variant].append(time.perf_counter() - began)
+    return times
+
+
+def interleaved_steps(args: argparse.Namespace) -> int:
+    import statistics
+
+    variants = [v for v in args.variants if v.startswith("ours") and "compile" not in v]
+    for arch in args.models:
+        for batch in args.batches:
+            times = interleaved_step_times(
+                arch, batch, args.sizes[0], args.device, variants, args.steps
+            )
+            print(f"{arch} b{batch} {args.sizes[0]}px on {args.device}, interleaved steps:")
+            first = variants[0]
+            for variant, seconds in times.items():
+                ratios = [a / b for a, b in zip(times[first], seconds, strict=True)]
+                print(
+                    f"  {variant:<24} median {statistics.median(seconds):.3f} s "
+                    f"({batch / statistics.median(seconds):.1f} img/s), fastest "
+                    f"{min(seconds):.3f} s; {first} time / this, per round: median "
+                    f"{statistics.median(ratios):.2f}"
+                )
     return 0
 
 
@@ -744,6 +830,12 @@ def parse_cli(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead: GPU time of one bf16 channels_last step by kernel category (cuda)",
     )
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="instead: the eager 'ours' variants' training steps in one process, alternating, "
+        "so that all see the same machine load (a shared CPU); median and fastest step",
+    )
     return parser.parse_args(argv)
 
 
@@ -758,6 +850,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.profile:
         return profile_step(args)
+    if args.interleave:
+        return interleaved_steps(args)
     info = machine_info(args.device)
     out = Path(
         args.out or ROOT / "bench" / "results" / f"trainer-{device_slug(info, args.device)}.json"

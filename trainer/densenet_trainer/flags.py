@@ -224,6 +224,15 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         "measured faster; off for npu)",
     )
     model.add_argument(
+        "--fused-dense",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the dense blocks fused (docs/performance.md): each feature map's batch "
+        "statistics computed once for all the layers that normalize it, no concatenated or "
+        "normalized copies kept; computes what torchvision's model does, and checkpoints stay "
+        "torchvision state dicts; not together with --compile (yet)",
+    )
+    model.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -531,6 +540,10 @@ def parse_args(
         parser.error("one of --data PATH or --synthetic is required")
     if args.resume == "auto" and args.checkpoint_dir is None:
         parser.error("--resume auto needs --checkpoint-dir")
+    if args.fused_dense and args.compile:
+        # AOT autograd saves the buffer prefix a layer reads as a tensor whose version the
+        # later layers' writes into the buffer advance, and then refuses to differentiate.
+        parser.error("--fused-dense does not work with --compile (yet): choose one")
     return args
 
 

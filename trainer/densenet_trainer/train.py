@@ -59,6 +59,7 @@ from densenet_trainer.engine import (
     train_one_epoch,
 )
 from densenet_trainer.flags import NOTICES, parse_args
+from densenet_trainer.fused_dense import fused_densenet
 from densenet_trainer.progress import (
     CHECKPOINTING,
     EVALUATING,
@@ -100,7 +101,11 @@ def configure_logging(rank: int) -> None:
     logger.propagate = False
 
 
-def build_model(arch: str, num_classes: int) -> nn.Module:
+def build_model(arch: str, num_classes: int, fused_dense: bool = False) -> nn.Module:
+    """torchvision's ``arch``, or with --fused-dense its fused form (same state dict, same
+    seeded weights, same results: fused_dense.py)."""
+    if fused_dense:
+        return fused_densenet(arch, num_classes)
     # weights=None: nothing is ever downloaded; --pretrained takes a local file instead.
     return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
@@ -358,7 +363,7 @@ def configure(args: argparse.Namespace, ctx: DistContext) -> tuple[AmpSettings, 
     )
     logger.info(
         "%s on %d x %s (backend %s), mode %s, batch %d per device, amp %s, channels_last %s, "
-        "compile %s, sgd %s",
+        "compile %s, sgd %s, fused dense blocks %s",
         args.arch,
         ctx.world_size,
         ctx.device.type,
@@ -369,6 +374,7 @@ def configure(args: argparse.Namespace, ctx: DistContext) -> tuple[AmpSettings, 
         channels_last,
         args.compile_mode if args.compile else "off",
         args.sgd_impl,
+        "on" if args.fused_dense else "off",
     )
     return amp, channels_last
 
@@ -378,7 +384,7 @@ def build_state(
 ) -> TrainingState:
     """Data, model (on the device, not yet wrapped), optimizer, lr schedule, grad scaler."""
     data = build_data(args, ctx, channels_last)
-    model = build_model(args.arch, data.num_classes)
+    model = build_model(args.arch, data.num_classes, args.fused_dense)
     if args.pretrained:
         fresh = load_pretrained(model, args.pretrained)
         logger.info("initialized from %s (left fresh: %s)", args.pretrained, fresh or "none")
