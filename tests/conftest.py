@@ -25,7 +25,15 @@ from pathlib import Path
 import controlplane
 import localcluster
 import pytest
+import realnode
 from testsupport import Kubectl, create_namespace, install_crd
+
+# Tests of pods that must really run: skipped, with what is missing, where this machine cannot
+# have a real node (not root, or without the packages hack/setup.sh installs).
+needs_real_node = pytest.mark.skipif(
+    bool(realnode.missing_requirements()),
+    reason=f"needs a real node: missing {', '.join(realnode.missing_requirements())}",
+)
 
 
 def _truthy(name: str) -> bool:

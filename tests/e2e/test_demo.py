@@ -9,19 +9,17 @@ from typing import Any
 
 import demo
 import pytest
-import realnode
 from localcluster import Cluster
 from localoperator import OperatorProcess
 from realnode_config import REAL_NODE_LABEL
 from testsupport import Kubectl
 
+from tests.conftest import needs_real_node
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(realnode.missing_requirements()),
-        reason=f"needs a real node: missing {', '.join(realnode.missing_requirements())}",
-    ),
+    needs_real_node,
 ]
 JOB = "densenet121-cpu-demo"
 

@@ -17,7 +17,6 @@ import pytest
 from densenet_contract import TRAINER_CONTAINER
 from tests.operator.conftest import Jobs, wait_for
 from tests.operator.test_operator_integration import small_job
-from tests.operator.test_trust_integration import JOBS_ONLY, PODS_TOO, apply_as, grant
 
 pytestmark = pytest.mark.integration
 
@@ -163,27 +162,3 @@ def test_host_access_is_refused_where_pod_security_would_refuse_the_pods(
                           input=small_job("host", **spec), check=False)  # fmt: skip
     assert result.returncode != 0
     assert f"enforces Pod Security level baseline, which {refusal}" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("spec", "asks"),
-    [
-        ({"imagePullSecrets": [{"name": "regcred"}]}, "image pull secrets"),
-        ({"podTemplate": {"metadata": {"labels": {"team": "a"}}}}, "pod labels or annotations"),
-        ({"podTemplate": {"spec": {"hostNetwork": True}}}, "pod overrides (podTemplate.spec)"),
-        ({"podTemplate": {"spec": {"sidecars": [{"name": "s", "image": "x:1"}]}}},
-         "pod overrides (podTemplate.spec)"),
-        ({"podTemplate": {"trainer": {"envFrom": [{"secretRef": {"name": "s"}}]}}},
-         "trainer overrides (podTemplate.trainer)"),
-    ],
-)  # fmt: skip
-def test_overrides_need_permission_to_create_pods(
-    jobs: Jobs, spec: dict[str, Any], asks: str
-) -> None:
-    grant(jobs, "alice", JOBS_ONLY)
-    grant(jobs, "bob", PODS_TOO)
-    refused = apply_as(jobs, "alice", small_job("over", replicas=1, **spec))
-    assert refused.returncode != 0
-    assert "needs permission to create pods in namespace " + jobs.namespace in refused.stderr
-    assert asks in refused.stderr
-    assert apply_as(jobs, "bob", small_job("over", replicas=1, **spec)).returncode == 0

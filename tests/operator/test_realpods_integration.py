@@ -16,18 +16,16 @@ from typing import Any
 import images
 import localcluster
 import pytest
-import realnode
 from realnode_config import real_node_scheduling
+
+from tests.conftest import needs_real_node
 
 from .conftest import Jobs, OperatorProcess, wait_for
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(realnode.missing_requirements()),
-        reason=f"needs a real node: missing {', '.join(realnode.missing_requirements())}",
-    ),
+    needs_real_node,
 ]
 TRAINER_UID = 1000  # docker/trainer.Dockerfile's user
 

@@ -50,6 +50,13 @@ def apply_as(jobs: Jobs, user: str, manifest: dict[str, Any]) -> Any:
          "environment from Secrets"),
         ({"image": "evil:latest"}, "a custom image"),
         ({"scheduling": {"priorityClassName": "system-node-critical"}}, "privileged scheduling"),
+        ({"imagePullSecrets": [{"name": "regcred"}]}, "image pull secrets"),
+        ({"podTemplate": {"metadata": {"labels": {"team": "a"}}}}, "pod labels or annotations"),
+        ({"podTemplate": {"spec": {"hostNetwork": True}}}, "pod overrides (podTemplate.spec)"),
+        ({"podTemplate": {"spec": {"sidecars": [{"name": "s", "image": "x:1"}]}}},
+         "pod overrides (podTemplate.spec)"),
+        ({"podTemplate": {"trainer": {"envFrom": [{"secretRef": {"name": "s"}}]}}},
+         "trainer overrides (podTemplate.trainer)"),
     ],
 )  # fmt: skip
 def test_a_job_creator_cannot_ask_for_what_only_a_pod_creator_could(
