@@ -25,12 +25,15 @@ JOB = "densenet121-cpu-demo"
 
 
 @pytest.fixture
-def demo_run(cluster: Cluster, kubectl: Kubectl) -> Iterator[int]:
-    """The demo's exit code; afterwards its operator Deployment is scaled to 0, so that it never
-    acts next to the operators the other tests run."""
+def demo_run(
+    cluster: Cluster, kubectl: Kubectl, capsys: pytest.CaptureFixture[str]
+) -> Iterator[tuple[int, str]]:
+    """The demo's exit code and what it printed; afterwards its operator Deployment is scaled
+    to 0, so that it never acts next to the operators the other tests run."""
     with OperatorProcess.others_stopped():
         try:
-            yield demo.main(["--cluster", cluster.name, "--keep-cluster"])
+            code = demo.main(["--cluster", cluster.name, "--keep-cluster"])
+            yield code, capsys.readouterr().out
         finally:
             kubectl("scale", "deployment", demo.RELEASE, "-n", demo.OPERATOR_NAMESPACE,
                     "--replicas=0", check=False)  # fmt: skip
@@ -47,10 +50,10 @@ def exit_code(pod: dict[str, Any]) -> int | None:
 
 
 def test_the_demo_trains_in_real_pods_through_the_charts_operator(
-    demo_run: int, kubectl: Kubectl, capsys: pytest.CaptureFixture[str]
+    demo_run: tuple[int, str], kubectl: Kubectl
 ) -> None:
-    out = capsys.readouterr().out
-    assert demo_run == 0, out[-3000:]
+    code, out = demo_run
+    assert code == 0, out[-3000:]
     real_nodes = real_node_names(kubectl)
     assert real_nodes
     status = kubectl.json("get", "dnt", JOB, "-n", demo.NAMESPACE)["status"]

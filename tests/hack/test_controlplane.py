@@ -61,10 +61,14 @@ def test_the_kwokctl_configuration_takes_an_audit_policy_only_when_asked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("DENSENET_AUDIT_POLICY", raising=False)
-    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl")["options"]
+    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl", tmp_path)[
+        "options"
+    ]
     assert "kubeAuditPolicy" not in options
     policy = tmp_path / "audit-policy.yaml"
     monkeypatch.setenv("DENSENET_AUDIT_POLICY", str(policy))
-    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl")["options"]
+    options = controlplane.render_kwokctl_config(tmp_path, tmp_path / "kubectl", tmp_path)[
+        "options"
+    ]
     assert options["kubeAuditPolicy"] == str(policy)
     assert (options["securePort"], options["kubeAuthorization"]) == (True, True)
