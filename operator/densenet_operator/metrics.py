@@ -47,6 +47,7 @@ from prometheus_client.registry import Collector
 from densenet_contract import DEVICE_TYPES
 from densenet_operator import ranktable
 from densenet_operator.podrecord import PENDING
+from densenet_operator.spec import Device
 from densenet_operator.status import FAILED, PHASE_CONDITIONS, SUCCEEDED, parse_time
 
 PREFIX = "densenet_operator"
@@ -74,9 +75,12 @@ JobSource = Callable[[], Iterable[Mapping[str, Any]]]
 disable_created_metrics()
 
 
+DEFAULT_DEVICE = Device()  # what an unset spec.device means
+
+
 def device_type_of(body: Mapping[str, Any]) -> str:
-    """A job's spec.device.type as a label value (the CRD's default when unset)."""
-    device = ((body.get("spec") or {}).get("device") or {}).get("type", DEVICE_TYPES[0])
+    """A job's spec.device.type as a label value (the spec model's default when unset)."""
+    device = ((body.get("spec") or {}).get("device") or {}).get("type", DEFAULT_DEVICE.type)
     return device if device in DEVICE_TYPES else UNKNOWN
 
 
