@@ -8,15 +8,15 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
-from kubernetes_asyncio import client, config
 
 from densenet_contract import GROUP, PLURAL, VERSION
 from densenet_operator import naming
+from densenet_operator.apiclient import build_api_client
 from densenet_operator.children import job_owner
 from densenet_operator.diffbase import NoDiffBase
 from densenet_operator.jobtasks import JobTasks, Key
 from densenet_operator.lifecycle import Event
-from densenet_operator.metrics import METRICS, CountedApiClient, serve
+from densenet_operator.metrics import METRICS, serve
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.reconcile import Reconciler
 
@@ -33,16 +33,6 @@ CHILD_RESOURCES = (
 log = logging.getLogger(__name__)
 
 
-async def _api_client() -> client.ApiClient:
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config()
-    else:
-        await config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = 64
-    return CountedApiClient(configuration)
-
-
 def _record(body: Mapping[str, Any], event: Event) -> None:
     # kopf only reads the body's apiVersion, kind and metadata to address the event.
     kopf.event(
@@ -56,7 +46,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.persistence.diffbase_storage = NoDiffBase()  # events only: see diffbase.py
-    api = await _api_client()
+    api = await build_api_client(trust_env=settings.networking.trust_env)
     reconciler = Reconciler(
         api=api,
         default_image=os.environ.get("DENSENET_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),

@@ -34,7 +34,7 @@ from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.expectations import PodExpectations
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
-from densenet_operator.spec import Job, SpecError, parse_job
+from densenet_operator.spec import Job, ParsedJobs, SpecError
 from densenet_operator.status import FAILED, format_time, now_utc, set_condition
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Reconciler:
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.jobs = ParsedJobs(self.default_image)
 
     async def _call(
         self, method: Callable[..., Any], *args: Any, ok: Iterable[int] = (), **kw: Any
@@ -206,6 +207,7 @@ class Reconciler:
         self.tables.pop(uid, None)
         self.written.pop(uid, None)
         self.expected.forget(uid)
+        self.jobs.forget(uid)
 
     def _believed_status(self, job: Job, body: Mapping[str, Any]) -> dict[str, Any]:
         """The status to plan from: what this operator last wrote, when someone else has since
@@ -232,7 +234,7 @@ class Reconciler:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             return None, None
         try:
-            job = parse_job(dict(body), default_image=self.default_image)
+            job = self.jobs.parse(dict(body))
         except SpecError as error:
             self.written.pop((body.get("metadata") or {}).get("uid", ""), None)
             return await self._refuse(body, error), None

