@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,13 @@ from densenet_operator.expectations import PodExpectations
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import Job, ParsedJobs, SpecError
-from densenet_operator.status import FAILED, format_time, now_utc, set_condition
+from densenet_operator.status import (
+    FAILED,
+    format_time,
+    now_utc,
+    set_condition,
+    status_write_delay,
+)
 
 log = logging.getLogger(__name__)
 CHILD_CONFLICT = "ChildConflict"
@@ -77,6 +84,10 @@ class Reconciler:
     tables: dict[str, str] = field(default_factory=dict)
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
     expected: PodExpectations = field(default_factory=PodExpectations)
+    # Per job uid: clock() when its status was last written (progress is written at most
+    # once per status.PROGRESS_WRITE_INTERVAL).
+    status_written_at: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
     requests: int = 0
     metrics: Metrics = METRICS
 
@@ -208,6 +219,7 @@ class Reconciler:
         self.written.pop(uid, None)
         self.expected.forget(uid)
         self.jobs.forget(uid)
+        self.status_written_at.pop(uid, None)
 
     def _believed_status(self, job: Job, body: Mapping[str, Any]) -> dict[str, Any]:
         """The status to plan from: what this operator last wrote, when someone else has since
@@ -300,7 +312,10 @@ class Reconciler:
             plan.delete,
             "unchanged" if plan.rank_table is None else ranktable.table_status(plan.rank_table),
         )  # fmt: skip
-        patched = await self._carry_out(job, old_status, plan, records)
+        # A status someone else changed is restored at once, whatever changed in it.
+        patched = await self._carry_out(
+            job, old_status, plan, records, correcting=believed != old_status
+        )
         patched = await self._clear_conflict(job, patched or body) or patched
         for event in plan.events:
             self.record(body, event)
@@ -319,19 +334,33 @@ class Reconciler:
         old_status: Mapping[str, Any],
         plan: lifecycle.Plan,
         records: list[PodRecord],
+        *,
+        correcting: bool = False,
     ) -> dict[str, Any] | None:
-        """Status first, then the rank table, then pod deletes and creates."""
+        """Status first (progress only, written moments ago and not `correcting`: on the pass
+        due when the interval ends), then the rank table, then pod deletes and creates."""
         ns, name = job.ref.namespace, job.ref.name
         patched = None
         patch = status_patch(old_status, plan.status)
-        if patch is not None:
+        now = self.clock()
+        delay = 0.0
+        if patch is not None and not correcting:
+            delay = status_write_delay(
+                old_status, plan.status, self.status_written_at.get(job.ref.uid), now
+            )
+        if delay > 0:  # progress only, written moments ago: the pass due then writes it
+            due = plan.requeue_after
+            plan.requeue_after = delay if due is None else min(delay, due)
+        elif patch is not None:
             patched = await self._call(
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP, VERSION, ns, PLURAL, name, {"status": patch}, _content_type=MERGE_PATCH,
             )  # fmt: skip
+            self.status_written_at[job.ref.uid] = now
             self.metrics.pass_written(ns, job.spec.device_type, first=plan.first,
                                       finished=plan.finished, restart_cause=plan.restart_cause)  # fmt: skip
-        self.written[job.ref.uid] = {k: v for k, v in plan.status.items() if k != "training"}
+        if delay == 0:
+            self.written[job.ref.uid] = {k: v for k, v in plan.status.items() if k != "training"}
         if plan.rank_table is not None:
             await self._call(
                 self.core.patch_namespaced_config_map,
