@@ -41,14 +41,17 @@ def test_pods_starting_one_by_one_is_progress_and_all_running_a_transition() -> 
 def test_progress_waits_out_the_interval_and_a_transition_never_waits() -> None:
     _, both_pending, one_running, all_running = starting()
     written_at = 100.0
-    assert status_write_delay(both_pending, one_running, written_at, 100.25) == 0.75
-    assert status_write_delay(both_pending, one_running, written_at, 101.0) == 0.0
-    assert status_write_delay(both_pending, one_running, None, 100.25) == 0.0  # none written yet
-    assert status_write_delay(one_running, all_running, written_at, 100.25) == 0.0
-    assert PROGRESS_WRITE_INTERVAL == 1.0
+    halfway = written_at + PROGRESS_WRITE_INTERVAL / 2
+    assert status_write_delay(both_pending, one_running, written_at, halfway) == (
+        PROGRESS_WRITE_INTERVAL / 2
+    )
+    after = written_at + PROGRESS_WRITE_INTERVAL
+    assert status_write_delay(both_pending, one_running, written_at, after) == 0.0
+    assert status_write_delay(both_pending, one_running, None, halfway) == 0.0  # none written yet
+    assert status_write_delay(one_running, all_running, written_at, halfway) == 0.0
 
 
-def test_a_condition_that_flips_or_a_restart_is_a_transition() -> None:
+def test_a_reason_a_condition_that_flips_or_a_restart_is_a_transition() -> None:
     _, _, one_running, _ = starting()
     flipped = {
         **one_running,
@@ -58,6 +61,8 @@ def test_a_condition_that_flips_or_a_restart_is_a_transition() -> None:
         ],
     }
     assert not progress_only(one_running, flipped)
+    # a new reason records an Event: a pass that did not write it would record it again
+    assert not progress_only(one_running, {**one_running, "reason": "Unschedulable"})
     assert not progress_only(one_running, {**one_running, "restarts": 1})
     table = {**one_running["rankTable"], "status": "completed", "waitingFor": []}
     assert not progress_only(one_running, {**one_running, "rankTable": table})
