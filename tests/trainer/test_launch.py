@@ -7,6 +7,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,20 +130,34 @@ def stop(signum, frame):
         '{"rank": 0, "local_world_size": 1, "step": 3, "checkpoint": null}')
     sys.exit(1)  # as torchrun does after its children stopped: its own code is 1
 signal.signal(signal.SIGTERM, stop)
-print("ready", flush=True)
+Path(os.environ["DENSENET_STOPPED_DIR"], "ready").touch()  # the handler is in place
 time.sleep(60)
 """
+
+
+def signal_when_ready(ready: Path, timeout: float = 60) -> threading.Event:
+    """SIGTERM to this process once `ready` exists (a fixed delay races the child's start)."""
+    done = threading.Event()
+
+    def wait_and_signal() -> None:
+        deadline = time.monotonic() + timeout
+        while not ready.exists() and time.monotonic() < deadline and not done.is_set():
+            time.sleep(0.02)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait_and_signal, daemon=True).start()
+    return done
 
 
 def test_run_torchrun_forwards_sigterm_and_maps_the_markers_to_75(tmp_path: Path) -> None:
     """A stand-in for torchrun that leaves the marker when it gets the forwarded SIGTERM."""
     env = {**os.environ, STOPPED_DIR_ENV: str(tmp_path)}
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()  # this process plays the launcher: the signal comes to it
+    done = signal_when_ready(tmp_path / "ready")  # this process plays the launcher
     try:
         code = launch.run_torchrun([sys.executable, "-c", SLEEPER], env, str(tmp_path))
     finally:
-        timer.cancel()
+        done.set()
     assert code == EXIT_STOPPED_ON_REQUEST
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
