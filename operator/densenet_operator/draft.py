@@ -67,6 +67,11 @@ class Plan:
     restart_cause: str | None = None  # "failure" or "disruption": this pass restarts the gang
     first: bool = False  # the job had no phase: this pass gives it its first
 
+    def requeue_within(self, seconds: float) -> None:
+        """The next pass no later than `seconds` from now (an earlier one stays)."""
+        due = self.requeue_after
+        self.requeue_after = seconds if due is None else min(due, seconds)
+
 
 def by_replica_index(pod: PodRecord) -> int:
     return pod.index if pod.index is not None else 1 << 30

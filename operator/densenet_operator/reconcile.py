@@ -343,14 +343,12 @@ class Reconciler:
         patched = None
         patch = status_patch(old_status, plan.status)
         now = self.clock()
+        last_written = None if correcting else self.status_written_at.get(job.ref.uid)
         delay = 0.0
-        if patch is not None and not correcting:
-            delay = status_write_delay(
-                old_status, plan.status, self.status_written_at.get(job.ref.uid), now
-            )
+        if patch is not None:
+            delay = status_write_delay(old_status, plan.status, last_written, now)
         if delay > 0:  # progress only, written moments ago: the pass due then writes it
-            due = plan.requeue_after
-            plan.requeue_after = delay if due is None else min(delay, due)
+            plan.requeue_within(delay)
         elif patch is not None:
             patched = await self._call(
                 self.custom.patch_namespaced_custom_object_status,

@@ -47,7 +47,7 @@ def stalled(draft: Draft) -> bool:
     if stale is None or limit is None or stale < limit:
         if stale is not None and limit is not None:
             due = limit - stale + 1
-            draft.plan.requeue_after = min(draft.plan.requeue_after or due, due)
+            draft.plan.requeue_within(due)
         if any(c.get("type") == STALLED and c.get("status") == "True" for c in draft.conditions):
             draft.conditions = set_condition(draft.conditions, STALLED, False, "Progressing",
                                              "the trainer reports progress", draft.now)  # fmt: skip

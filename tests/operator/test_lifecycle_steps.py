@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from densenet_operator import lifecycle, stall
+from densenet_operator.draft import Plan
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import make_job, make_pod
 
@@ -191,3 +192,13 @@ def test_the_default_deadline_follows_the_measured_step_time():
     assert stall.progress_limit(d) == 10 * 100 * 10.24
     fast = draft(make_job(), running_status(training=training(0, fps=1e6)), [make_pod(0)])
     assert stall.progress_limit(fast) == stall.STALL_FLOOR_SECONDS
+
+
+def test_requeue_within_keeps_the_earliest_pass() -> None:
+    plan = Plan(status={})
+    plan.requeue_within(5.0)
+    plan.requeue_within(10.0)
+    assert plan.requeue_after == 5.0
+    plan.requeue_within(0.0)  # due now: a zero is not "none"
+    plan.requeue_within(3.0)
+    assert plan.requeue_after == 0.0

@@ -55,19 +55,31 @@ def _channels_last_like(prefix: Tensor, dtype: torch.dtype) -> Tensor:
 if triton is not None:
 
     @triton.jit
-    def _normalize_relu_kernel(
-        x_ptr, scale_ptr, shift_ptr, out_ptr, rows, cols, x_row_stride,
+    def _normalized_tile(
+        x_ptr, scale_ptr, shift_ptr, rows, cols, x_row_stride,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
+        """This program's tile of the prefix (float32), its scale and ``x * scale + shift``;
+        the mask and offsets of the tile in a contiguous rows x cols output."""
         row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         inside = (row[:, None] < rows) & (col[None, :] < cols)
         x = tl.load(x_ptr + row[:, None] * x_row_stride + col[None, :], mask=inside, other=0.0)
+        x = x.to(tl.float32)
         scale = tl.load(scale_ptr + col, mask=col < cols, other=0.0)
         shift = tl.load(shift_ptr + col, mask=col < cols, other=0.0)
-        pre = x.to(tl.float32) * scale[None, :] + shift[None, :]
+        pre = x * scale[None, :] + shift[None, :]
+        return x, scale, pre, inside, row[:, None] * cols + col[None, :], col
+
+    @triton.jit
+    def _normalize_relu_kernel(
+        x_ptr, scale_ptr, shift_ptr, out_ptr, rows, cols, x_row_stride,
+        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        _, _, pre, inside, offsets, _ = _normalized_tile(
+            x_ptr, scale_ptr, shift_ptr, rows, cols, x_row_stride, BLOCK_M, BLOCK_K
+        )
         out = tl.maximum(pre, 0.0)
-        offsets = row[:, None] * cols + col[None, :]
         tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
@@ -76,16 +88,10 @@ if triton is not None:
         rows, cols, x_row_stride,
         BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ):  # fmt: skip
-        row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        col = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        inside = (row[:, None] < rows) & (col[None, :] < cols)
-        x = tl.load(x_ptr + row[:, None] * x_row_stride + col[None, :], mask=inside, other=0.0)
-        x = x.to(tl.float32)
-        offsets = row[:, None] * cols + col[None, :]
+        x, scale, pre, inside, offsets, col = _normalized_tile(
+            x_ptr, scale_ptr, shift_ptr, rows, cols, x_row_stride, BLOCK_M, BLOCK_K
+        )
         grad = tl.load(grad_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        scale = tl.load(scale_ptr + col, mask=col < cols, other=0.0)
-        shift = tl.load(shift_ptr + col, mask=col < cols, other=0.0)
-        pre = x * scale[None, :] + shift[None, :]
         grad_pre = tl.where(pre > 0, grad, 0.0)
         grad_x = grad_pre * scale[None, :]
         tl.store(grad_x_ptr + offsets, grad_x.to(grad_x_ptr.dtype.element_ty), mask=inside)
