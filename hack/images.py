@@ -151,7 +151,8 @@ RECIPES: Mapping[str, ImageRecipe] = {
         "docker/trainer.Dockerfile",
         TRAINER_DEPS_BASE,
         "BASE_IMAGE",
-        (("EXTRAS", "trainer"),),
+        # The CPU flavour: no torch_npu, so it declares no Ascend family or CANN.
+        (("EXTRAS", "trainer"), ("ASCEND_FAMILY", "none"), ("CANN_VERSION", "none")),
     ),
 }
 

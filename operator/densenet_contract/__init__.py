@@ -162,6 +162,13 @@ TRAINING_FIELDS: dict[str, TrainingField] = {
             max_length=32,
         ),
         TrainingField(
+            "runtime",
+            str,
+            "what ran, said once at start-up: torch, torch_npu, CANN, HCCL and the SoC on npu; "
+            "CUDA, cuDNN, the driver and the GPU on cuda",
+            max_length=256,
+        ),
+        TrainingField(
             "updated", str, "time of the patch (RFC 3339)", format="date-time", max_length=64
         ),
     )

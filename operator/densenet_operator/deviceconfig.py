@@ -7,6 +7,12 @@ number, -2 without super-pod hardware), "devices": [{"device_id", "device_ip",
 "super_device_id"}], "rack_id", "server_index" (a string), "server_ip"}`, devices in numeric
 order. Volcano writes the same for the pods it places itself. Anything out of bounds or not
 canonical is refused, never copied: a broken or hostile annotation only keeps the table waiting.
+
+Two values are the plugin's own markers, kept so that only the tables that need the real value
+wait for it: `super_device_id` "-2" (SdIdAbnormal, `pkg/common/common.go`: the chip was missing
+from the plugin's dcmi list) and an empty `device_ip` (what the plugin writes when it reads no
+IP; HCCL does without one inside one A3 super pod). "-1" as a device IP (the plugin failed to
+read it) is refused here: no table format can use it.
 """
 
 from __future__ import annotations
@@ -21,9 +27,15 @@ from typing import Any
 MAX_ANNOTATION_BYTES = 16384  # a real one is well under 4 kB
 MAX_DEVICES = 64
 MAX_DEVICE_ID = 1023
-_DEVICE_ID = re.compile(r"[0-9]{1,4}")
+# dcmi_spod_info.sdid and the plugin's NpuDevice.SuperDeviceID are uint32 (A3 ids such as
+# "398754302" use the high bits).
+MAX_SUPER_DEVICE_ID = 2**32 - 1
+SUPER_DEVICE_ID_UNREADABLE = "-2"  # the plugin's SdIdAbnormal
+NO_DEVICE_IP = ""  # the plugin read no IP for the chip
+_DIGITS = re.compile(r"[0-9]+")
 _SHOWN = 64  # characters of a refused value shown in a message
 NO_SUPER_POD = -2
+SUPER_POD_ID_RANGE = range(-(2**31), 2**31)  # the plugin's Instance.SuperPodId is an int32
 
 
 class Refused(Exception):
@@ -33,8 +45,12 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class Device:
     device_id: str  # canonical: "0", never "00"
-    device_ip: str
-    super_device_id: str | None = None
+    device_ip: str  # an IP literal, or NO_DEVICE_IP
+    super_device_id: str | None = None  # canonical decimal, SUPER_DEVICE_ID_UNREADABLE or None
+
+    @property
+    def super_device_id_known(self) -> bool:
+        return self.super_device_id not in (None, SUPER_DEVICE_ID_UNREADABLE)
 
 
 @dataclass(frozen=True)
@@ -64,9 +80,10 @@ def is_ip(value: str) -> bool:
 
 
 def _decimal(value: object, what: str, limit: int = MAX_DEVICE_ID) -> str:
-    """The canonical form of a small non-negative number: ASCII digits, no leading zeros."""
+    """The canonical form of a number from 0 to `limit`: ASCII digits, no leading zeros. The
+    text may be no longer than `limit` written out, so a long run of zeros is refused too."""
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if not _DEVICE_ID.fullmatch(text) or int(text) > limit:
+    if len(text) > len(str(limit)) or not _DIGITS.fullmatch(text) or int(text) > limit:
         raise Refused(f"lists a {what} that is not a number from 0 to {limit}: {shorten(value)}")
     return str(int(text))
 
@@ -91,16 +108,22 @@ def _load(raw: Any) -> dict[str, Any]:
     return dict(config)
 
 
+def _super_device_id(value: object) -> str | None:
+    """None when absent; the plugin's "-2" kept as a marker (only a 1.2 table needs the id)."""
+    if value is None or value == "":
+        return None
+    if value == SUPER_DEVICE_ID_UNREADABLE:
+        return SUPER_DEVICE_ID_UNREADABLE
+    return _decimal(value, "super_device_id", MAX_SUPER_DEVICE_ID)
+
+
 def _device(entry: dict[str, Any]) -> Device:
     device_id = _decimal(entry["device_id"], "device_id")
-    super_device = entry.get("super_device_id")
-    super_id = (
-        None if super_device in (None, "") else _decimal(super_device, "super_device_id", 2**20)
-    )
+    super_id = _super_device_id(entry.get("super_device_id"))
     ip = entry["device_ip"]
     if ip == "-1":
         raise Refused(f"device {device_id} has IP -1: the device plugin could not read it")
-    if not isinstance(ip, str) or not is_ip(ip):
+    if not isinstance(ip, str) or not (ip == NO_DEVICE_IP or is_ip(ip)):
         raise Refused(f"device {device_id} has an invalid IP {shorten(ip)}")
     return Device(device_id, ip, super_id)
 
@@ -126,8 +149,12 @@ def parse(raw: Any) -> DeviceConfig:
     ):
         raise Refused(f"has an invalid server_id {shorten(server_id)}")
     super_pod = config.get("super_pod_id", NO_SUPER_POD)
-    if not isinstance(super_pod, int) or isinstance(super_pod, bool):
-        raise Refused(f"has a super_pod_id that is not a number: {shorten(super_pod)}")
+    if (
+        not isinstance(super_pod, int)
+        or isinstance(super_pod, bool)
+        or super_pod not in SUPER_POD_ID_RANGE
+    ):
+        raise Refused(f"has a super_pod_id that is not a 32-bit number: {shorten(super_pod)}")
     return DeviceConfig(
         devices=tuple(sorted(devices, key=lambda d: int(d.device_id))),
         server_id=None if server_id in (None, "") else str(server_id),

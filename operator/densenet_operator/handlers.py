@@ -19,8 +19,8 @@ from densenet_operator.lifecycle import Event
 from densenet_operator.metrics import METRICS, serve
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.reconcile import Reconciler
+from densenet_operator.settings import TrainerDefaults
 
-DEFAULT_TRAINER_IMAGE = "densenet-trainer:0.1.0"
 # The children the operator watches for deletion (pods have handlers of their own).
 CHILD_RESOURCES = (
     ("", "v1", "services"),
@@ -47,11 +47,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 330
     settings.persistence.diffbase_storage = NoDiffBase()  # events only: see diffbase.py
     api = await build_api_client(trust_env=settings.networking.trust_env)
-    reconciler = Reconciler(
-        api=api,
-        default_image=os.environ.get("DENSENET_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
-        record=_record,
-    )
+    defaults = TrainerDefaults.from_env(os.environ)
+    log.info("%s", defaults.describe())  # which image pair each product gets, for a first run
+    reconciler = Reconciler(api=api, defaults=defaults, record=_record)
 
     async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
         try:

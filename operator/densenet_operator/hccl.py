@@ -1,13 +1,18 @@
 """HCCL's own acceptance rules for a rank table, applied before any table is published.
 
 Read from CANN HCCL's parser (`topoinfo_ranktableConcise.cc`, `topoinfo_ranktableParser.cc`,
-`topoinfo_parse.cc`): every value a string; `server_list` non-empty with `server_count` equal to
-its length; `server_id` non-empty, unique, at most 127 characters (any string); `host_ip`, where
-present, a valid IP; each `device_id` decimal and unique in its server; each `device_ip` a valid
-IPv4 or IPv6 address, unique in the table (in a "1.2" table an empty one is accepted, and
-uniqueness is needed only across super pods); `rank_id` dense 0..N-1; "1.2": `super_device_id`
-decimal and unique within a super pod, `super_pod_list` ids unique and non-empty, naming every
-server exactly once. The legacy "0.1" layout: unique `server_id`, valid unique device IPs.
+`topoinfo_parse.cc`, `sal.cc`): every value a string; `server_list` non-empty with
+`server_count` equal to its length; `server_id` non-empty, unique, at most 127 characters (any
+string); `host_ip`, where present, a valid IP, and on every server or none (CheckNicDeploy-
+Consistence; older HCCL reads a valid host_ip as "use the host NICs"); each `device_id` decimal
+and unique in its server; each `device_ip` a valid IPv4 or IPv6 address, unique in the whole
+table (one pool, whatever the version). An empty `device_ip` is accepted only on A3 inside one
+super pod (GetSingleDeviceIp: 910_93, superPodNum <= 1, no HCCL_INTRA_ROCE_ENABLE), which here
+means a "1.2" table whose `super_pod_list` has one entry. `rank_id` dense 0..N-1. "1.2":
+`super_device_id` a decimal u32 other than 0xFFFFFFFF (SalStrToULong; HCCL's INVALID_UINT reads
+as "not configured"), unique within a super pod; `super_pod_list` ids unique and non-empty,
+naming every server exactly once, each super pod with the same number of servers (older HCCL's
+CheckSuperPodInfo). The legacy "0.1" layout: unique `server_id`, valid unique device IPs.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from densenet_operator.deviceconfig import is_ip
+from densenet_operator.deviceconfig import is_ip, shorten
 
 MAX_SERVER_ID = 127
+HCCL_UNSET_U32 = 2**32 - 1  # INVALID_UINT: HCCL reads this super_device_id as "not configured"
 
 
 def _non_strings(value: Any, path: str) -> Iterator[str]:
@@ -29,6 +35,14 @@ def _non_strings(value: Any, path: str) -> Iterator[str]:
             yield from _non_strings(item, f"{path}[{index}]")
     elif not isinstance(value, str):
         yield f"{path} is {type(value).__name__}, not a string"
+
+
+def _u32(text: str) -> int | None:
+    """`text` as HCCL's SalStrToULong reads a u32, for plain decimals only; None otherwise."""
+    if not (text.isascii() and text.isdecimal()) or len(text) > len(str(HCCL_UNSET_U32)):
+        return None
+    number = int(text)
+    return number if number <= HCCL_UNSET_U32 else None
 
 
 def _ips(value: str) -> list[str]:
@@ -47,6 +61,9 @@ def _servers(table: Mapping[str, Any]) -> Iterator[str]:
             yield f"server_id {server_id!r} is empty or longer than {MAX_SERVER_ID}"
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
         yield f"server_id {duplicate} is used by more than one server"
+    with_host_ip = sum("host_ip" in server for server in servers)
+    if 0 < with_host_ip < len(servers):
+        yield f"host_ip is on {with_host_ip} of {len(servers)} servers, not on every one or none"
     for server in servers:
         if server.get("host_ip") is not None and not is_ip(server["host_ip"]):
             yield f"server {server.get('server_id')}: host_ip {server['host_ip']!r} is not an IP"
@@ -54,7 +71,10 @@ def _servers(table: Mapping[str, Any]) -> Iterator[str]:
         if not device_ids:
             yield f"server {server.get('server_id')} lists no device"
         if len(set(device_ids)) != len(device_ids) or not all(i.isdecimal() for i in device_ids):
-            yield f"server {server.get('server_id')}: device ids {device_ids} are not distinct numbers"
+            yield (
+                f"server {server.get('server_id')}: device ids {shorten(device_ids)} "
+                "are not distinct numbers"
+            )
 
 
 def _super_pods(table: Mapping[str, Any]) -> dict[str, str]:
@@ -66,31 +86,49 @@ def _super_pods(table: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def _devices(table: Mapping[str, Any]) -> Iterator[str]:
-    v12 = table.get("version") == "1.2"
-    pod_of = _super_pods(table) if v12 else {}
-    seen_ip: dict[str, str] = {}
-    seen_super: set[tuple[str, str]] = set()
-    ranks = []
+def _device_ips(table: Mapping[str, Any]) -> Iterator[str]:
+    """Valid device IPs, each once in the whole table; empty only in one A3 super pod."""
+    empty_allowed = table.get("version") == "1.2" and len(table.get("super_pod_list") or []) <= 1
+    seen: set[str] = set()
+    for server in table.get("server_list") or []:
+        for device in server.get("device") or []:
+            text = device.get("device_ip", "")
+            if not text and empty_allowed:
+                continue  # A3 links inside a super pod by super_device_id
+            if not text:
+                yield "device_ip is empty outside a 1.2 table of one super pod"
+            elif not all(is_ip(ip) for ip in _ips(text)) or not _ips(text):
+                yield f"device_ip {shorten(text)} is not a valid IP"
+            for ip in _ips(text):
+                if ip in seen:
+                    yield f"device_ip {shorten(ip)} is used twice"
+                seen.add(ip)
+
+
+def _super_device_ids(table: Mapping[str, Any]) -> Iterator[str]:
+    """In a "1.2" table: each super_device_id a u32 HCCL takes as set, unique in its super pod."""
+    pod_of = _super_pods(table)
+    seen: set[tuple[str, int | None]] = set()
     for server in table.get("server_list") or []:
         pod = pod_of.get(server.get("server_id", ""), "")
         for device in server.get("device") or []:
-            ranks.append(device.get("rank_id", ""))
-            ip_text = device.get("device_ip", "")
-            if not ip_text and v12:
-                pass  # accepted on A3
-            elif not _ips(ip_text) or not all(is_ip(ip) for ip in _ips(ip_text)):
-                yield f"device_ip {ip_text!r} is not a valid IP"
-            for ip in _ips(ip_text):
-                if ip in seen_ip and (not v12 or seen_ip[ip] != pod):
-                    yield f"device_ip {ip} is used twice"
-                seen_ip[ip] = pod
-            if v12:
-                super_id = device.get("super_device_id", "")
-                if not super_id.isdecimal() or (pod, super_id) in seen_super:
-                    yield f"super_device_id {super_id!r} is missing or repeated in super pod {pod!r}"
-                seen_super.add((pod, super_id))
-    numbers = sorted(int(r) for r in ranks if r.isdecimal())
+            text = device.get("super_device_id", "")
+            number = _u32(text)
+            if number is None or number == HCCL_UNSET_U32 or (pod, number) in seen:
+                yield (
+                    f"super_device_id {shorten(text)} is missing, invalid or repeated "
+                    f"in super pod {shorten(pod)}"
+                )
+            seen.add((pod, number))
+
+
+def _rank_ids(table: Mapping[str, Any]) -> Iterator[str]:
+    ranks = [
+        device.get("rank_id", "")
+        for server in table.get("server_list") or []
+        for device in server.get("device") or []
+    ]
+    numbers = sorted(n for r in ranks if (n := _u32(r)) is not None)
     if numbers != list(range(len(ranks))):
         yield f"rank ids are not 0..{len(ranks) - 1} each once"
 
@@ -104,6 +142,8 @@ def _super_pod_list(table: Mapping[str, Any]) -> Iterator[str]:
     servers = [s.get("server_id") for s in table.get("server_list") or []]
     if sorted(members) != sorted(servers):
         yield "super_pod_list does not name every server exactly once"
+    if len({len(p.get("server_list") or []) for p in pods}) > 1:
+        yield "super pods list different numbers of servers"
 
 
 def _group_list(table: Mapping[str, Any]) -> Iterator[str]:
@@ -128,9 +168,9 @@ def findings(table: Mapping[str, Any]) -> list[str]:
             return list(_group_list(table))
         if table.get("version") not in ("1.0", "1.2"):
             found.append(f"version {table.get('version')!r} is neither 1.0 nor 1.2")
-        found += list(_servers(table)) + list(_devices(table))
+        found += [*_servers(table), *_device_ips(table), *_rank_ids(table)]
         if table.get("version") == "1.2":
-            found += list(_super_pod_list(table))
+            found += [*_super_device_ids(table), *_super_pod_list(table)]
     except (AttributeError, TypeError):
         found.append("the JSON does not have the shape of a rank table")
     return found

@@ -25,6 +25,7 @@ from densenet_operator.podsecurity import (
     default_container_security_context,
     default_pod_security_context,
 )
+from densenet_operator.settings import RunAs
 from densenet_operator.spec import TrainingSpec
 
 
@@ -46,7 +47,9 @@ def apply_metadata(metadata: dict[str, Any], spec: TrainingSpec) -> None:
         metadata["annotations"] = annotations
 
 
-def apply_pod_spec(pod_spec: dict[str, Any], spec: TrainingSpec) -> None:
+def apply_pod_spec(
+    pod_spec: dict[str, Any], spec: TrainingSpec, ascend_run_as: RunAs | None = None
+) -> None:
     overrides = spec.pod_template.spec
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s["name"]} for s in spec.image_pull_secrets]
@@ -57,7 +60,9 @@ def apply_pod_spec(pod_spec: dict[str, Any], spec: TrainingSpec) -> None:
         pod_spec["hostIPC"] = True
     if overrides.runtime_class_name:
         pod_spec["runtimeClassName"] = overrides.runtime_class_name
-    security = _merged(default_pod_security_context(spec), overrides.security_context)
+    security = _merged(
+        default_pod_security_context(spec, ascend_run_as), overrides.security_context
+    )
     if security:
         pod_spec["securityContext"] = security
     pod_spec["volumes"] = [*pod_spec.get("volumes", ()), *map(dict, overrides.volumes)]

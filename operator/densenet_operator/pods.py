@@ -16,6 +16,7 @@ from densenet_contract.schema import trainer_flags
 from densenet_operator import ascend, naming, overrides
 from densenet_operator.podresources import container_resources
 from densenet_operator.podtemplate import ASCEND_HOST_PATHS, SHM_PATH
+from densenet_operator.settings import RunAs
 from densenet_operator.spec import Job, TrainingSpec
 
 VOLCANO_SCHEDULER = "volcano"
@@ -133,8 +134,9 @@ def _node_selector(spec: TrainingSpec) -> dict[str, str]:
     return selector
 
 
-def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
-    """The pod of replica `index` in gang `gang` (the restart count it was created under)."""
+def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) -> dict[str, Any]:
+    """The pod of replica `index` in gang `gang` (the restart count it was created under);
+    `run_as`: the nodes' HwHiAiUser, whom Ascend pods run as (default 1000:1000)."""
     spec = job.spec
     name = naming.pod_name(job.ref.name, index)
     volumes, mounts = _volumes_and_mounts(spec, job.ref.name)
@@ -189,5 +191,5 @@ def build_pod(job: Job, index: int, gang: int = 0) -> dict[str, Any]:
         metadata["annotations"] = annotations
     # The user's podTemplate, by the merge rule of overrides.py.
     overrides.apply_metadata(metadata, spec)
-    overrides.apply_pod_spec(pod_spec, spec)
+    overrides.apply_pod_spec(pod_spec, spec, run_as)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

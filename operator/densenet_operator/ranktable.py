@@ -2,10 +2,12 @@
 
 A pure function of the pods: the table is either complete and one HCCL accepts, or not
 published at all (RankTableIncomplete says which pods hold it up, and why). Never a table with
-a missing IP, a device IP of "-1", a device count that differs from the spec, or anything
-`hccl.findings` finds. Formats: "1.0" (server_list, with host_ip), "1.2" (A3 super pods:
-super_device_id and super_pod_list) and the legacy "0.1" (group_list), as ascend-operator
-writes them (MindCluster `pkg/ranktable`).
+a device IP of "-1", a device count that differs from the spec, or anything `hccl.findings`
+finds. Formats: "1.0" (server_list, with host_ip), "1.2" (A3 super pods: super_device_id and
+super_pod_list) and the legacy "0.1" (group_list), as ascend-operator writes them (MindCluster
+`pkg/ranktable`). What a format needs of the annotation is checked per pod (layout_problems):
+an empty device IP only in a "1.2" table of one super pod (written "", as ascend-operator
+writes it), and a readable super_device_id on every device of a "1.2" table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from densenet_contract import RANK_TABLE_KEY
 from densenet_contract import RANK_TABLE_NOT_REQUIRED as NOT_REQUIRED
 from densenet_operator import deviceconfig, hccl, naming
 from densenet_operator.ascend import logical_super_pod
-from densenet_operator.deviceconfig import Device, DeviceConfig, Refused
+from densenet_operator.deviceconfig import (
+    NO_DEVICE_IP,
+    SUPER_DEVICE_ID_UNREADABLE,
+    Device,
+    DeviceConfig,
+    Refused,
+)
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import JobRef, RankTableFormat, TrainingSpec
 
@@ -148,11 +156,14 @@ def collect_servers(
 
 @dataclass(frozen=True)
 class Layout:
-    """How to write the table: its format, the legacy group's name, super-pod blocks."""
+    """How to write the table: its format, the legacy group's name, super-pod blocks, and
+    whether servers carry `host_ip`."""
 
     fmt: str = "1.0"
     group_name: str = naming.WORKER  # "0.1": the job's name
     super_pod_block: int = 0  # "1.2": NPUs per logical super pod (0: one for the job)
+    # HCCL before late-2025 CANN reads a valid host_ip as "use the host NICs, not the NPUs'".
+    host_ip: bool = True
 
 
 def render(servers: Sequence[Server], layout: Layout | str = Layout()) -> dict[str, Any]:
@@ -168,25 +179,31 @@ def render(servers: Sequence[Server], layout: Layout | str = Layout()) -> dict[s
 
 def _device_entry(device: Device, rank: int, v12: bool) -> dict[str, str]:
     entry = {"device_id": device.device_id, "device_ip": device.device_ip, "rank_id": str(rank)}
-    if v12:
-        entry["super_device_id"] = device.super_device_id or device.device_id
+    # Only the plugin's own id: the chip's address in the super pod, never derived from
+    # device_id (ascend-operator copies it, omitted when absent; hccl.findings then refuses).
+    if v12 and device.super_device_id_known:
+        entry["super_device_id"] = str(device.super_device_id)
+    return entry
+
+
+def _server_entry(server: Server, layout: Layout) -> dict[str, Any]:
+    first_rank = server.replica_index * len(server.devices)
+    entry: dict[str, Any] = {
+        "device": [
+            _device_entry(device, first_rank + position, layout.fmt == "1.2")
+            for position, device in enumerate(server.devices)
+        ],
+        "server_id": server.server_id,
+    }
+    if layout.host_ip:
+        entry["host_ip"] = server.host_ip
+    entry["container_ip"] = server.container_ip
     return entry
 
 
 def _render_server_list(servers: Sequence[Server], layout: Layout) -> dict[str, Any]:
     v12 = layout.fmt == "1.2"
-    server_list = [
-        {
-            "device": [
-                _device_entry(device, server.replica_index * len(server.devices) + position, v12)
-                for position, device in enumerate(server.devices)
-            ],
-            "server_id": server.server_id,
-            "host_ip": server.host_ip,
-            "container_ip": server.container_ip,
-        }
-        for server in servers
-    ]
+    server_list = [_server_entry(server, layout) for server in servers]
     table: dict[str, Any] = {
         "status": COMPLETED,
         "version": layout.fmt,
@@ -198,12 +215,20 @@ def _render_server_list(servers: Sequence[Server], layout: Layout) -> dict[str, 
     return table
 
 
-def _super_pod_list(servers: Sequence[Server], block: int) -> list[dict[str, Any]]:
+def _logical_super_pods(servers: Sequence[Server], block: int) -> dict[int, list[Server]]:
     """Logical super pods: servers in rank order fill blocks of `block` NPUs."""
-    pods: dict[int, list[str]] = {}
+    pods: dict[int, list[Server]] = {}
     for server in servers:
         logical = logical_super_pod(server.replica_index, block, len(server.devices))
-        pods.setdefault(logical, []).append(server.server_id)
+        pods.setdefault(logical, []).append(server)
+    return pods
+
+
+def _super_pod_list(servers: Sequence[Server], block: int) -> list[dict[str, Any]]:
+    pods = {
+        logical: [server.server_id for server in members]
+        for logical, members in _logical_super_pods(servers, block).items()
+    }
     return [
         {"super_pod_id": str(pod), "server_list": [{"server_id": sid} for sid in ids]}
         for pod, ids in sorted(pods.items())
@@ -230,6 +255,52 @@ def _render_group_list(servers: Sequence[Server], group_name: str) -> dict[str, 
     return {"status": COMPLETED, "group_count": "1", "group_list": [group]}
 
 
+def _empty_ip_problem(server: Server, layout: Layout, super_pods: int) -> str | None:
+    empty = [d.device_id for d in server.devices if d.device_ip == NO_DEVICE_IP]
+    if not empty:
+        return None
+    if layout.fmt == "1.2" and super_pods <= 1:
+        return None  # HCCL links A3 chips inside one super pod without device IPs
+    needs = (
+        f"a 1.2 table spanning {super_pods} super pods"
+        if layout.fmt == "1.2"
+        else f"a {layout.fmt} table"
+    )
+    return f"the device plugin wrote no IP for device {', '.join(empty)}: {needs} needs them"
+
+
+def _super_device_id_problem(server: Server) -> str | None:
+    for device in server.devices:
+        if device.super_device_id == SUPER_DEVICE_ID_UNREADABLE:
+            return (
+                f"device {device.device_id} has super_device_id -2: the device plugin could "
+                "not read it, and a 1.2 table needs it"
+            )
+        if device.super_device_id is None:
+            return (
+                f"device {device.device_id} has no super_device_id: a 1.2 table needs the "
+                "device plugin's (A3 super-pod hardware)"
+            )
+        if device.super_device_id == str(hccl.HCCL_UNSET_U32):
+            return (
+                f"device {device.device_id} has super_device_id {hccl.HCCL_UNSET_U32}, "
+                "which HCCL reads as not set"
+            )
+    return None
+
+
+def layout_problems(servers: Sequence[Server], layout: Layout) -> list[PodProblem]:
+    """What `layout` needs that a pod's annotation lacks, one problem per pod."""
+    super_pods = len(_logical_super_pods(servers, layout.super_pod_block))
+    problems = []
+    for server in servers:
+        reasons = [_empty_ip_problem(server, layout, super_pods)]
+        if layout.fmt == "1.2":
+            reasons.append(_super_device_id_problem(server))
+        problems += [PodProblem(server.pod_name, r) for r in reasons if r is not None]
+    return problems
+
+
 def build_rank_table(
     pods: Iterable[PodRecord],
     *,
@@ -240,10 +311,14 @@ def build_rank_table(
 ) -> dict[str, Any]:
     """Pods -> completed rank table that passes HCCL's rules (hccl.findings); raises
     RankTableIncomplete naming what holds it up."""
+    layout = Layout(fmt) if isinstance(fmt, str) else fmt
     servers = collect_servers(
         pods, replicas=replicas, devices_per_replica=devices_per_replica, pod_names=pod_names
     )
-    table = render(servers, fmt)
+    problems = layout_problems(servers, layout)
+    if problems:
+        raise RankTableIncomplete(problems)
+    table = render(servers, layout)
     broken = hccl.findings(table)
     if broken:
         raise RankTableIncomplete(
@@ -253,7 +328,9 @@ def build_rank_table(
 
 
 def layout_for(spec: TrainingSpec, job_name: str) -> Layout:
-    return Layout(spec.rank_table_format, job_name, spec.super_pod_block)
+    return Layout(
+        spec.rank_table_format, job_name, spec.super_pod_block, host_ip=spec.rank_table_host_ip
+    )
 
 
 def initializing_table() -> dict[str, Any]:

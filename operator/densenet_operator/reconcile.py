@@ -35,6 +35,7 @@ from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.expectations import PodExpectations
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, ParsedJobs, SpecError
 from densenet_operator.status import (
     FAILED,
@@ -77,7 +78,7 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 @dataclass
 class Reconciler:
     api: client.ApiClient
-    default_image: str
+    defaults: TrainerDefaults  # images, rank-table host_ip and Ascend run-as user (settings.py)
     record: EventSink
     # Per job uid: children known to exist, the rank table and the status last written.
     ensured: set[str] = field(default_factory=set)
@@ -96,7 +97,7 @@ class Reconciler:
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
-        self.jobs = ParsedJobs(self.default_image)
+        self.jobs = ParsedJobs(self.defaults)
 
     async def _call(
         self, method: Callable[..., Any], *args: Any, ok: Iterable[int] = (), **kw: Any
@@ -377,7 +378,8 @@ class Reconciler:
             *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404, 409),
                          body={"preconditions": {"uid": uids.get(pod)}})
               for pod in plan.delete),
-            *(self.ensure(job, "Pod", pods.build_pod(job, index, gang=gang))
+            *(self.ensure(job, "Pod", pods.build_pod(job, index, gang=gang,
+                                                     run_as=self.defaults.ascend_run_as))
               for index in plan.create),
         )  # fmt: skip
         for created in results[len(plan.delete) :]:

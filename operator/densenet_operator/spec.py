@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName
+from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName, cann
 from densenet_contract.recipe import Recipe
 from densenet_contract.schema import Rule, SpecError, parse, spec_field
 from densenet_operator.ascend import PRODUCTS, Product, ProductName, describe_counts
@@ -25,6 +25,7 @@ from densenet_operator.podtemplate import (
     env_rule,
     pull_secrets_field,
 )
+from densenet_operator.settings import TrainerDefaults
 
 __all__ = ["Job", "JobRef", "ParsedJobs", "SpecError", "TrainingSpec", "parse_job", "parse_spec"]
 
@@ -145,6 +146,14 @@ class RankTable:
         None,
         description='"1.0" (server_list), "1.2" (server_list with super pods: A3 SuperPoD) or '
         'the legacy "0.1" (group_list). Default: the product\'s, 1.2 on a3-superpod, else 1.0.',
+    )
+    host_ip: bool | None = spec_field(
+        None,
+        description="Write each server's host_ip (the node's IP) into the table, as "
+        "ascend-operator does since MindCluster 7.2.RC1. HCCL before CANN "
+        f'{cann.HOST_IP_SINCE_CANN} reads a valid host_ip as "the NICs are on the host": '
+        "set false for a trainer image on an older CANN. Default: the operator's setting, "
+        "from the CANN of the product's trainer image.",
     )
 
 
@@ -318,7 +327,8 @@ class TrainingSpec:
     image: str | None = spec_field(
         None,
         min_length=1,
-        description="Trainer image. Defaults to the operator's configured trainer image.",
+        description="Trainer image. Defaults to the operator's trainer image for the job: on "
+        "ascend the one of the product's family (910, 910b or a3 kernels), else the cpu/cuda one.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = spec_field("IfNotPresent")
     recipe: Recipe = spec_field(
@@ -397,6 +407,12 @@ class TrainingSpec:
     def rank_table_format(self) -> str:
         return self.rank_table.format or self.product.rank_table_version
 
+    @property
+    def rank_table_host_ip(self) -> bool:
+        """Whether the rank table carries host_ip: spec.rankTable.hostIp, else the operator's
+        default that parse_spec filled in (True when unparsed, as ascend-operator writes it)."""
+        return self.rank_table.host_ip is not False
+
 
 @dataclass(frozen=True)
 class JobRef:
@@ -416,22 +432,29 @@ class Job:
     generation: int = 0
 
 
-def parse_spec(body: dict[str, Any], *, default_image: str) -> TrainingSpec:
+def parse_spec(body: dict[str, Any], *, defaults: TrainerDefaults) -> TrainingSpec:
     """A DenseNetTraining spec (as served, or not yet defaulted) as a TrainingSpec, with the
-    two defaults only the operator knows: its trainer image, and mixed precision by device."""
+    defaults only the operator knows: the trainer image and rank-table host_ip for the job's
+    device and product (`defaults`), and mixed precision by device."""
     spec: TrainingSpec = parse(TrainingSpec, body, "spec")
     recipe = spec.recipe
     if recipe.mixed_precision is None:
         # On for NPUs and GPUs, off for CPUs (bf16 autocast is ~11x slower there).
         recipe = dataclasses.replace(recipe, mixed_precision=spec.device.type != "cpu")
-    return dataclasses.replace(spec, image=spec.image or default_image, recipe=recipe)
+    product = spec.device.ascend.product
+    image = spec.image or defaults.image_for(spec.device.type, product)
+    rank_table = spec.rank_table
+    if rank_table.host_ip is None:
+        host_ip = defaults.rank_table_host_ip_for(product)
+        rank_table = dataclasses.replace(rank_table, host_ip=host_ip)
+    return dataclasses.replace(spec, image=image, recipe=recipe, rank_table=rank_table)
 
 
-def parse_job(body: dict[str, Any], *, default_image: str) -> Job:
+def parse_job(body: dict[str, Any], *, defaults: TrainerDefaults) -> Job:
     meta = body["metadata"]
     return Job(
         ref=JobRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"]),
-        spec=parse_spec(body.get("spec") or {}, default_image=default_image),
+        spec=parse_spec(body.get("spec") or {}, defaults=defaults),
         generation=int(meta.get("generation", 0)),
     )
 
@@ -445,7 +468,7 @@ class ParsedJobs:
     applies a newly installed CRD's defaults on read without bumping the generation.
     A spec the parse refuses is not kept: it raises again."""
 
-    default_image: str
+    defaults: TrainerDefaults
     parsed: dict[str, tuple[int, dict[str, Any], Job]] = field(default_factory=dict)
 
     def parse(self, body: dict[str, Any]) -> Job:
@@ -455,7 +478,7 @@ class ParsedJobs:
         kept = self.parsed.get(meta["uid"])
         if kept is not None and kept[0] == generation and kept[1] == spec:
             return kept[2]
-        job = parse_job(body, default_image=self.default_image)
+        job = parse_job(body, defaults=self.defaults)
         # A copy: the Job's dicts may be the body's, and kopf owns the body.
         self.parsed[job.ref.uid] = (generation, copy.deepcopy(spec), job)
         return job

@@ -32,9 +32,10 @@ from testsupport import (
     wait_for,
 )
 
-from densenet_contract import CRD_NAME, GROUP, PLURAL
+from densenet_contract import CRD_NAME, GROUP, PLURAL, cann
 from densenet_operator import admission, podgroup, rbac, reconcile
 from densenet_operator.handlers import CHILD_RESOURCES
+from densenet_operator.settings import PROJECT_VERSION, RunAs, SettingsEnv, TrainerDefaults
 from densenet_operator.spec import JobRef
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +128,9 @@ def role_rules(docs: Sequence[dict[str, Any]]) -> set[tuple[str, str, str, str]]
     [
         {},
         {"replicas": 3, "watchNamespaces": ["team-a", "team-b"], "logLevel": "debug",
-         "metrics.enabled": True, "metrics.serviceMonitor.enabled": True, "crds.keep": False},
+         "metrics.enabled": True, "metrics.serviceMonitor.enabled": True, "crds.keep": False,
+         "trainer.ascendImages": {"a3": "r/t:a3"}, "trainer.rankTableHostIp": False,
+         "trainer.hwHiAiUser": {"uid": 1001, "gid": 1001}},
         {"crds.enabled": False, "serviceAccount.create": False, "serviceAccount.name": "ops"},
     ],
     ids=["defaults", "everything-on", "bring-your-own"],
@@ -191,6 +194,10 @@ def test_default_render_has_the_operator_and_its_rbac() -> None:
         ({"metrics.serviceMonitor.scrapeTimeout": ""}, "minLength"),
         ({"metrics.serviceMonitor.labels": {"release": 1}}, "want string"),
         ({"metrics.serviceMonitor.port": 9090}, "additional properties 'port' not allowed"),
+        ({"trainer.ascendImages": {"a5": "x"}}, "additional properties 'a5' not allowed"),
+        ({"trainer.rankTableHostIp": "auto"}, "want null or boolean"),
+        ({"trainer.hwHiAiUser": {"uid": -1, "gid": 1000}}, "minimum"),
+        ({"trainer.hwHiAiUser": {"uid": "HwHiAiUser", "gid": 1000}}, "want integer"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(values: dict[str, Any], message: str) -> None:
@@ -360,6 +367,43 @@ def test_deployment_takes_the_values() -> None:
     for key in ("nodeSelector", "tolerations", "affinity"):
         assert pod["spec"][key] == values[key]
     assert pod["metadata"]["annotations"] == values["podAnnotations"]
+
+
+def operator_env(docs: Sequence[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
+
+
+def test_the_charts_trainer_defaults_are_the_operators() -> None:
+    env = operator_env(render())
+    assert {name: env[name] for name in map(SettingsEnv.ascend_image, cann.ASCEND_FAMILIES)} == {
+        "DENSENET_TRAINER_IMAGE_910": "densenet-trainer:0.1.0-910",
+        "DENSENET_TRAINER_IMAGE_910B": "densenet-trainer:0.1.0-910b",
+        "DENSENET_TRAINER_IMAGE_A3": "densenet-trainer:0.1.0-a3",
+    }
+    assert SettingsEnv.RANK_TABLE_HOST_IP not in env  # null: by the image pair's CANN
+    # What the chart renders, the operator reads as its own defaults.
+    assert TrainerDefaults.from_env(env) == TrainerDefaults.from_env({})
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["trainer"]
+    assert tuple(values["ascendImages"]) == cann.ASCEND_FAMILIES
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == PROJECT_VERSION
+
+
+def test_ascend_images_host_ip_and_hwhiaiuser_reach_the_operator() -> None:
+    values = {
+        "trainer.image": "registry.example/densenet-trainer:1.2.3",
+        "trainer.ascendImages": {"910b": "registry.example/densenet-trainer:1.2.3-910b"},
+        "trainer.rankTableHostIp": False,
+        "trainer.hwHiAiUser": {"uid": 1001, "gid": 1000004},
+    }
+    defaults = TrainerDefaults.from_env(operator_env(render(values)))
+    assert defaults.image_for("cpu", "910") == "registry.example/densenet-trainer:1.2.3"
+    assert defaults.image_for("ascend", "910b-16") == "registry.example/densenet-trainer:1.2.3-910b"
+    assert defaults.image_for("ascend", "910") == "densenet-trainer:0.1.0-910"  # the others kept
+    assert defaults.rank_table_host_ip is False
+    assert defaults.ascend_run_as == RunAs(uid=1001, gid=1000004)  # no 1e+06 from YAML floats
+    on = TrainerDefaults.from_env(operator_env(render({"trainer.rankTableHostIp": True})))
+    assert on.rank_table_host_ip is True
 
 
 def test_debug_log_level_adds_verbose() -> None:

@@ -14,6 +14,7 @@ import yaml
 from testsupport import REPO_ROOT, find_tool
 
 from densenet_operator import networkpolicy, pods, service
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, JobRef, parse_spec
 
 IGNORES = yaml.safe_load((REPO_ROOT / "hack" / "kube-score-ignores.yaml").read_text())
@@ -32,7 +33,7 @@ def kube_score() -> Path:
 def trainer_objects(device: str) -> list[dict[str, Any]]:
     spec = parse_spec({"model": "densenet121", "data": {"synthetic": True},
                        "device": {"type": device}, "devicesPerReplica": 2},
-                      default_image="densenet-trainer:0.1.0")  # fmt: skip
+                      defaults=TrainerDefaults())  # fmt: skip
     job = Job(ref=JOB, spec=spec)
     return [pods.build_pod(job, 0), service.build_service(JOB),
             networkpolicy.build_network_policy(job)]  # fmt: skip

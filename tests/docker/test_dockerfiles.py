@@ -16,6 +16,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+
+from densenet_contract import cann
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -87,9 +90,14 @@ def pip_targets(path: Path) -> list[list[str]]:
     return commands
 
 
+def expand(value: str, args: dict[str, str]) -> str:
+    """`value` with its ARG references (`$NAME`, `${NAME}`) replaced by their defaults."""
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], value)
+
+
 def extras_of(target: str, args: dict[str, str]) -> tuple[str, list[str]]:
     """('.', ['operator']) for `.[operator]`; ARG references are expanded from their defaults."""
-    expanded = re.sub(r"\$\{?(\w+)\}?", lambda m: args[m.group(1)], target)
+    expanded = expand(target, args)
     match = re.fullmatch(r"(.+?)\[([\w,\-]+)\]", expanded)
     assert match, f"`{target}` is not the project with extras"
     return match.group(1), match.group(2).split(",")
@@ -169,6 +177,59 @@ def test_trainer_base_image_is_an_argument_with_a_cuda_alternative() -> None:
     assert "--build-arg EXTRAS=trainer " in text
 
 
+# ---------------------------------------------------------------------------------------------
+# The Ascend images: one per family, each on its CANN base, with the pins that CANN takes
+
+
+def exact_pins(extra: str) -> dict[str, str]:
+    """{'torch': '2.8.0', ...}: the versions an extra pins, each with `==`."""
+    pins = {}
+    for line in EXTRAS[extra]:
+        requirement = Requirement(line)
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"the {extra} extra pins exact versions, not `{line}`"
+        pins[requirement.name.lower().replace("_", "-")] = spec.version
+    return pins
+
+
+@pytest.mark.parametrize("family", cann.ASCEND_FAMILIES)
+def test_the_npu_pins_are_each_images_pair_from_torch_npus_table(family: str) -> None:
+    image = cann.IMAGE_PAIRS[family]
+    pins = exact_pins("npu")
+    assert pins == {"torch": image.torch, "torch-npu": image.torch_npu,
+                    "torchvision": image.torchvision}  # fmt: skip
+    assert cann.pairs(image.cann, image.torch_npu, image.torch), (
+        f"torch_npu {image.torch_npu} (torch {image.torch}) is not for CANN {image.cann}: "
+        f"it takes {[r.torch_npu for r in cann.torch_npu_for(image.cann)]}"
+    )
+    # The trainer extra, installed with it, admits the pinned torch and torchvision.
+    for line in EXTRAS["trainer"]:
+        requirement = Requirement(line)
+        if requirement.name in ("torch", "torchvision"):
+            assert requirement.specifier.contains(pins[requirement.name]), line
+
+
+@pytest.mark.parametrize("family", cann.ASCEND_FAMILIES)
+def test_each_family_builds_on_its_cann_base_image_by_default(family: str) -> None:
+    args = arg_defaults(TRAINER)
+    assert args["ASCEND_FAMILY"] in cann.ASCEND_FAMILIES
+    image = cann.IMAGE_PAIRS[family]
+    assert expand(args["BASE_IMAGE"], {**args, "ASCEND_FAMILY": family}) == image.base_image
+    assert args["CANN_VERSION"] == image.cann
+
+
+def test_the_trainer_image_declares_its_family_and_cann() -> None:
+    steps = instructions(TRAINER)
+    env = " ".join(rest for keyword, rest in steps if keyword == "ENV")
+    assert f"{cann.ImageEnv.ASCEND_FAMILY}=${{ASCEND_FAMILY}}" in env
+    assert f"{cann.ImageEnv.CANN_VERSION}=${{CANN_VERSION}}" in env
+    labels = " ".join(rest for keyword, rest in steps if keyword == "LABEL")
+    for name, arg in (("ascend-family", "ASCEND_FAMILY"), ("cann-version", "CANN_VERSION")):
+        assert f'{cann.IMAGE_LABEL_PREFIX}{name}="${{{arg}}}"' in labels
+    # The x86_64 builder's index for torch's +cpu wheels: pip reads the build argument.
+    assert arg_defaults(TRAINER)["PIP_EXTRA_INDEX_URL"] == ""
+
+
 @pytest.mark.parametrize(
     ("dockerfile", "entrypoint", "cmd"),
     [(OPERATOR, "densenet-operator", "run"), (TRAINER, "densenet-train", "launch")],
@@ -184,7 +245,7 @@ def test_images_run_their_entry_point_as_non_root(
     last_stage = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM") :]
     users = [rest for keyword, rest in last_stage if keyword == "USER"]
     assert users, "no USER in the final stage"
-    uid = users[-1].split(":")[0]
+    uid = expand(users[-1], arg_defaults(dockerfile)).split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"final USER {users[-1]} must be a numeric non-root"
 
 

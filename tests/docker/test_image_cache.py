@@ -83,7 +83,12 @@ def test_the_base_and_build_args_are_part_of_the_hash(tree: Path) -> None:
 def test_the_recipes_build_the_dockerfiles_through_their_base_arguments() -> None:
     operator, trainer = RECIPES["operator"], RECIPES["trainer"]
     assert operator.all_build_args() == {"PYTHON_IMAGE": operator.base.ref}
-    assert trainer.all_build_args() == {"BASE_IMAGE": trainer.base.ref, "EXTRAS": "trainer"}
+    assert trainer.all_build_args() == {
+        "BASE_IMAGE": trainer.base.ref,
+        "EXTRAS": "trainer",
+        "ASCEND_FAMILY": "none",  # the CPU flavour declares no Ascend pair
+        "CANN_VERSION": "none",
+    }
     for recipe in (operator, trainer):
         assert f"ARG {recipe.base_arg}=" in (ROOT / recipe.dockerfile).read_text()
         assert recipe.base.ref.startswith("localhost/densenet-base-")

@@ -7,14 +7,16 @@ from typing import Any
 
 from densenet_contract import TRAINER_CONTAINER
 from densenet_operator import naming
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, JobRef, parse_spec
 
 JOB = JobRef(name="dn161", namespace="team-a", uid="uid-1")
+DEFAULTS = TrainerDefaults(image="trainer:test")  # every job's image, whatever its device
 
 
 def make_job(**spec: Any) -> Job:
     body: dict[str, Any] = {"model": "densenet161", "data": {"path": "/data/imagenet"}, **spec}
-    return Job(ref=JOB, spec=parse_spec(body, default_image="trainer:test"), generation=1)
+    return Job(ref=JOB, spec=parse_spec(body, defaults=DEFAULTS), generation=1)
 
 
 def device_annotation(

@@ -10,6 +10,7 @@ import yaml
 from densenet_contract.recipe import Recipe
 from densenet_contract.schema import SpecError, parse
 from densenet_operator import crd
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import TrainingSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +41,8 @@ def test_server_side_defaults_parse_to_the_model_defaults():
     spec_schema = yaml.safe_load(crd.render())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     spec_schema = spec_schema["properties"]["spec"]
     served = {**_schema_defaults(spec_schema), "model": "densenet121", "data": {"synthetic": True}}
-    assert parse_spec(served, default_image="i") == parse_spec(
-        {"model": "densenet121", "data": {"synthetic": True}}, default_image="i"
+    assert parse_spec(served, defaults=TrainerDefaults(image="i")) == parse_spec(
+        {"model": "densenet121", "data": {"synthetic": True}}, defaults=TrainerDefaults(image="i")
     )
 
 

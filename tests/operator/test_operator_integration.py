@@ -11,6 +11,7 @@ import localcluster
 import pytest
 import yaml
 
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import parse_spec
 from tests.operator.conftest import ROOT, Jobs, wait_for
 
@@ -186,7 +187,8 @@ def test_schema_defaults_are_the_models_defaults(jobs: Jobs) -> None:
     jobs.kubectl.apply(minimal, "-n", jobs.namespace)
     served = jobs.get("defaults")["spec"]
     assert served["recipe"]["lr"] == 0.1 and served["runPolicy"]["backoffLimit"] == 3
-    assert parse_spec(served, default_image="x") == parse_spec(minimal["spec"], default_image="x")
+    defaults = TrainerDefaults(image="x")
+    assert parse_spec(served, defaults=defaults) == parse_spec(minimal["spec"], defaults=defaults)
 
 
 def test_trainer_identity_patches_only_its_own_job(jobs: Jobs, tmp_path: Path) -> None:

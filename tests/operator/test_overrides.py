@@ -12,6 +12,7 @@ import pytest
 from densenet_contract import RANK_TABLE_DIR, TRAINER_COMMAND, TRAINER_CONTAINER
 from densenet_operator import ascend, naming, pods
 from densenet_operator.podresources import container_resources
+from densenet_operator.settings import RunAs
 from densenet_operator.spec import SpecError
 from tests.operator.factories import make_job
 
@@ -116,9 +117,32 @@ def test_cpu_and_cuda_pods_are_restricted_by_default(device: str) -> None:
 
 
 def test_ascend_pods_keep_what_the_ascend_runtime_needs() -> None:
-    pod = pods.build_pod(make_job(), 0)  # ascend: driver hostPaths, the image's uid 1000
-    assert "securityContext" not in pod["spec"] and "securityContext" not in trainer(pod)
+    pod = pods.build_pod(make_job(), 0)  # ascend: driver hostPaths, run as HwHiAiUser
+    assert pod["spec"]["securityContext"] == {
+        "runAsUser": 1000, "runAsGroup": 1000, "supplementalGroups": [1000], "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch", "runAsNonRoot": True,
+    }  # fmt: skip
+    assert "securityContext" not in trainer(pod)  # no capability dropped: the driver's mounts
     assert {"ascend-driver", "npu-log"} <= {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def test_ascend_pods_run_as_the_clusters_hwhiaiuser() -> None:
+    pod = pods.build_pod(make_job(), 0, run_as=RunAs(uid=1001, gid=1002))
+    security = pod["spec"]["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (1001, 1002)
+    assert security["supplementalGroups"] == [1002] and security["fsGroup"] == 1002
+    # A cluster whose devices belong to root: no runAsNonRoot that would refuse the pod.
+    root = pods.build_pod(make_job(), 0, run_as=RunAs(uid=0, gid=0))["spec"]["securityContext"]
+    assert root["runAsUser"] == 0 and "runAsNonRoot" not in root
+    # cpu and cuda pods keep the image's user whatever the Ascend setting.
+    cpu = pods.build_pod(cpu_job(), 0, run_as=RunAs(uid=1001, gid=1002))["spec"]
+    assert cpu["securityContext"]["runAsUser"] == 1000
+
+
+def test_a_pod_template_overrides_the_ascend_run_as_user_key_by_key() -> None:
+    job = make_job(podTemplate={"spec": {"securityContext": {"runAsUser": 2000}}})
+    security = pods.build_pod(job, 0, run_as=RunAs(uid=1001, gid=1002))["spec"]["securityContext"]
+    assert security["runAsUser"] == 2000 and security["supplementalGroups"] == [1002]
 
 
 def test_host_network_keeps_the_rendezvous_on_a_host_port_of_its_own() -> None:

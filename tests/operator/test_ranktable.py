@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densenet_operator import naming, ranktable
+from densenet_operator import hccl, naming, ranktable
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import JOB, device_annotation, make_pod
 
@@ -165,3 +165,51 @@ def test_rank_ids_are_a_permutation_following_replica_and_device_order(replicas,
     for index, server in enumerate(table["server_list"]):
         assert server["container_ip"] == f"10.244.{index}.7"
         assert all(int(d["rank_id"]) // devices == index for d in server["device"])
+
+
+@pytest.mark.parametrize("fmt", ["1.0", "1.2"])
+def test_host_ip_is_on_every_server_or_on_none(fmt):
+    pods = [make_pod(i, annotation=device_annotation(i, 8, super_pod=0)) for i in (0, 1)]
+    with_host_ip = build(pods, 2, fmt=ranktable.Layout(fmt))
+    assert [s["host_ip"] for s in with_host_ip["server_list"]] == ["10.0.0.11", "10.0.0.12"]
+    # Older HCCL (before late-2025 CANN) reads a valid host_ip as "use the host NICs".
+    without = build(pods, 2, fmt=ranktable.Layout(fmt, host_ip=False))
+    assert all("host_ip" not in server for server in without["server_list"])
+    assert [s["container_ip"] for s in without["server_list"]] == ["10.244.0.7", "10.244.1.7"]
+    assert hccl.findings(with_host_ip) == hccl.findings(without) == []
+
+
+def test_the_legacy_layout_waits_for_empty_device_ips():
+    annotation = json.dumps(
+        {"devices": [{"device_id": "0", "device_ip": ""}, {"device_id": "1", "device_ip": ""}]}
+    )
+    with pytest.raises(ranktable.RankTableIncomplete) as error:
+        build([make_pod(0, annotation=annotation)], replicas=1, devices=2, fmt="0.1")
+    assert error.value.waiting_for == [
+        "dn161-worker-0: the device plugin wrote no IP for device 0, 1: a 0.1 table needs them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host_ip_setting", "spec_host_ip", "written"),
+    [
+        (None, None, True),  # the image pair's CANN (8.3.RC1) reads host_ip right
+        (False, None, False),  # a cluster whose images are on an older CANN
+        (False, True, True),  # the job says otherwise
+        (None, False, False),
+    ],
+)
+def test_the_job_and_the_operator_decide_whether_the_table_has_host_ip(
+    host_ip_setting, spec_host_ip, written
+):
+    from densenet_operator.settings import TrainerDefaults
+    from densenet_operator.spec import parse_spec
+
+    body = {"model": "densenet161", "data": {"synthetic": True}, "replicas": 2}
+    if spec_host_ip is not None:
+        body["rankTable"] = {"hostIp": spec_host_ip}
+    defaults = TrainerDefaults(image="t", rank_table_host_ip=host_ip_setting)
+    layout = ranktable.layout_for(parse_spec(body, defaults=defaults), JOB.name)
+    pods = [make_pod(i, annotation=device_annotation(i, 8)) for i in (0, 1)]
+    table = build(pods, 2, fmt=layout)
+    assert all(("host_ip" in server) is written for server in table["server_list"])

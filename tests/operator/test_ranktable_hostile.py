@@ -50,12 +50,37 @@ def test_leading_zeros_are_normalised_in_the_table():
 
 
 @pytest.mark.parametrize(
-    "ip", ["fe80::1%eth0", "192.168.1.256", "\uff11\uff19\uff12.168.1.1", "", "x" * 300]
+    "ip", ["fe80::1%eth0", "192.168.1.256", "\uff11\uff19\uff12.168.1.1", " ", "x" * 300, 7]
 )
 def test_device_ips_are_plain_ip_literals(ip):
     devices = [{"device_id": "0", "device_ip": ip}, {"device_id": "1", "device_ip": "10.0.0.1"}]
     with pytest.raises(ranktable.RankTableIncomplete, match="invalid IP") as error:
         build(pod_with(devices))
+    assert len(str(error.value)) < 200
+
+
+def test_an_empty_device_ip_is_no_ip_a_1_0_table_waits_for():
+    devices = [{"device_id": "0", "device_ip": ""}, {"device_id": "1", "device_ip": "10.0.0.1"}]
+    with pytest.raises(ranktable.RankTableIncomplete) as error:
+        build(pod_with(devices))
+    assert error.value.waiting_for == [
+        "dn161-worker-0: the device plugin wrote no IP for device 0: a 1.0 table needs them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("super_device_id", "reason"),
+    [
+        ("4294967296", "not a number from 0 to 4294967295"),  # one past uint32
+        ("1" * 5000, "not a number from 0 to 4294967295"),  # longer than int() reads
+        ("-1", "not a number"),
+        ([1], "not a number"),
+    ],
+)
+def test_super_device_ids_out_of_range_are_refused_not_copied(super_device_id, reason):
+    devices = [{"device_id": "0", "device_ip": "10.0.0.1", "super_device_id": super_device_id}]
+    with pytest.raises(ranktable.RankTableIncomplete, match=reason) as error:
+        build(pod_with(devices), devices=1)
     assert len(str(error.value)) < 200
 
 

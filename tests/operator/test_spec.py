@@ -5,11 +5,14 @@ import pytest
 import yaml
 
 from densenet_operator import networkpolicy, podgroup, pods, ranktable
+from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import ParsedJobs, SpecError, parse_job, parse_spec
+
+IMG = TrainerDefaults(image="img")
 
 
 def test_defaults_follow_the_densenet161_seed():
-    spec = parse_spec({"model": "densenet161", "data": {"path": "/d"}}, default_image="img")
+    spec = parse_spec({"model": "densenet161", "data": {"path": "/d"}}, defaults=IMG)
     assert (spec.replicas, spec.devices_per_replica, spec.world_size) == (1, 8, 8)
     assert spec.device_type == "ascend" and spec.resource_name == "huawei.com/Ascend910"
     assert spec.image == "img"
@@ -23,11 +26,11 @@ def test_defaults_follow_the_densenet161_seed():
 def test_resource_name_defaults_per_device_type():
     cuda = parse_spec(
         {"model": "densenet121", "device": {"type": "cuda"}, "data": {"synthetic": True}},
-        default_image="i",
+        defaults=IMG,
     )
     cpu = parse_spec(
         {"model": "densenet121", "device": {"type": "cpu"}, "data": {"synthetic": True}},
-        default_image="i",
+        defaults=IMG,
     )
     assert cuda.resource_name == "nvidia.com/gpu"
     assert cpu.resource_name is None and not cpu.uses_rank_table
@@ -47,16 +50,16 @@ def test_resource_name_defaults_per_device_type():
 )
 def test_specs_the_operator_cannot_run_are_refused(spec, message):
     with pytest.raises(SpecError, match=message):
-        parse_spec(spec, default_image="i")
+        parse_spec(spec, defaults=IMG)
 
 
 def test_mixed_precision_defaults_by_device_and_can_be_set():
     base = {"model": "densenet121", "data": {"synthetic": True}}
-    assert parse_spec(base, default_image="i").recipe.mixed_precision is True
-    cpu = parse_spec({**base, "device": {"type": "cpu"}}, default_image="i")
+    assert parse_spec(base, defaults=IMG).recipe.mixed_precision is True
+    cpu = parse_spec({**base, "device": {"type": "cpu"}}, defaults=IMG)
     assert cpu.recipe.mixed_precision is False
     forced = parse_spec(
-        {**base, "device": {"type": "cpu"}, "recipe": {"mixedPrecision": True}}, default_image="i"
+        {**base, "device": {"type": "cpu"}, "recipe": {"mixedPrecision": True}}, defaults=IMG
     )
     assert forced.recipe.mixed_precision is True
 
@@ -76,14 +79,14 @@ def example_specs() -> list[dict[str, Any]]:
 
 
 def test_a_pass_over_an_unchanged_spec_reuses_its_parse() -> None:
-    jobs = ParsedJobs("img")
+    jobs = ParsedJobs(IMG)
     first = jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}}))
     again = jobs.parse(served({"model": "densenet121", "data": {"synthetic": True}}))
     assert again is first
 
 
 def test_a_new_generation_or_a_new_default_is_parsed_again() -> None:
-    jobs = ParsedJobs("img")
+    jobs = ParsedJobs(IMG)
     spec = {"model": "densenet121", "data": {"synthetic": True}}
     first = jobs.parse(served(spec))
     bumped = jobs.parse(served({**spec, "replicas": 2}, generation=2))
@@ -94,7 +97,7 @@ def test_a_new_generation_or_a_new_default_is_parsed_again() -> None:
 
 
 def test_a_kept_parse_does_not_follow_later_edits_of_the_body() -> None:
-    jobs = ParsedJobs("img")
+    jobs = ParsedJobs(IMG)
     body = served({"model": "densenet121", "data": {"synthetic": True}})
     first = jobs.parse(body)
     body["spec"]["model"] = "densenet161"  # the same dict, edited in place
@@ -102,7 +105,7 @@ def test_a_kept_parse_does_not_follow_later_edits_of_the_body() -> None:
 
 
 def test_a_refused_spec_is_refused_every_time_and_a_forgotten_job_parsed_anew() -> None:
-    jobs = ParsedJobs("img")
+    jobs = ParsedJobs(IMG)
     for _ in range(2):
         with pytest.raises(SpecError):
             jobs.parse(served({"model": "resnet50", "data": {"synthetic": True}}))
@@ -114,11 +117,11 @@ def test_a_refused_spec_is_refused_every_time_and_a_forgotten_job_parsed_anew() 
 @pytest.mark.parametrize("spec", example_specs(), ids=[path.stem for path in EXAMPLES])
 def test_building_the_children_leaves_a_kept_job_as_parsed(spec: dict[str, Any]) -> None:
     # A kept Job serves every later pass: no builder may edit the dicts it holds.
-    job = ParsedJobs("img").parse(served(spec))
+    job = ParsedJobs(IMG).parse(served(spec))
     for _ in range(2):
         for index in range(job.spec.replicas):
             pods.build_pod(job, index, gang=1)
         networkpolicy.build_network_policy(job)
         podgroup.build_pod_group(job)
         ranktable.build_configmap(job.ref, ranktable.initial_content(job.spec))
-    assert job == parse_job(served(spec), default_image="img")
+    assert job == parse_job(served(spec), defaults=IMG)

@@ -129,3 +129,92 @@ def test_pretrained_from_another_architecture_is_refused(tmp_path: Path) -> None
 def test_extract_state_dict_accepts_a_checkpoint() -> None:
     weights = {"module.fc.weight": torch.ones(1)}
     assert list(extract_state_dict({"model": weights, "epoch": 3})) == ["fc.weight"]
+
+
+# ---------------------------------------------------------------- checkpoints load anywhere
+
+# A fresh interpreter in which `import torch_npu` fails, as on any host without CANN: it loads
+# the checkpoint as --mode evaluate, --pretrained and a resume on another device type do, and
+# prints the devices its storages were saved on (from the pickle's persistent ids).
+LOAD_WITHOUT_TORCH_NPU = """
+import pickle, sys, zipfile
+sys.modules["torch_npu"] = None  # importing it now raises ImportError
+import torch
+path = sys.argv[1]
+checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+assert "torch_npu" not in sys.modules or sys.modules["torch_npu"] is None
+locations = set()
+class Storages(pickle.Unpickler):
+    def persistent_load(self, pid):
+        locations.add(pid[3])  # ('storage', storage type, key, location, numel)
+        return None
+    def find_class(self, module, name):
+        return Anything
+class Anything(dict):  # stands in for every class, so only the storages are looked at
+    def __init__(self, *args, **kwargs): pass
+    def __call__(self, *args, **kwargs): return Anything()
+    def __setstate__(self, state): pass
+    def append(self, value): pass
+    def extend(self, values): pass
+with zipfile.ZipFile(path) as archive:
+    pickled = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+    Storages(archive.open(pickled)).load()
+print(sorted(locations), len(checkpoint["model"]), sorted(checkpoint["optimizer"]["state"])[:1])
+"""
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_of_device_tensors_loads_where_torch_npu_never_was(
+    tmp_path: Path, device: str
+) -> None:
+    """Saved from the device (weights and SGD momentum live there), loaded with
+    weights_only=True in a process that cannot import torch_npu: every storage is a host one.
+    On an NPU the same save would otherwise pickle torch_npu's rebuild function."""
+    import subprocess
+    import sys
+
+    # Weights, BatchNorm buffers and SGD momentum: every kind of tensor a checkpoint holds.
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(3),
+    ).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8, device=device)).sum().backward()
+    optimizer.step()
+    path = save_atomic(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "c.pth"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_TORCH_NPU, str(path)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    locations, tensors, _ = loaded.stdout.split(" ", 2)
+    assert locations == "['cpu']"  # not one storage of the device it was saved from
+    assert int(tensors) == len(model.state_dict())
+
+
+def test_to_cpu_keeps_the_structure_and_a_state_dicts_metadata() -> None:
+    from collections import OrderedDict
+
+    from densenet_trainer.checkpoint import to_cpu
+
+    state = torchvision.models.densenet121(num_classes=3).state_dict()
+    nested = {"model": state, "rng": [torch.ones(2), (torch.zeros(1), 3)], "epoch": 4}
+    copied = to_cpu(nested)
+    assert isinstance(copied["model"], OrderedDict)
+    assert copied["model"]._metadata == state._metadata  # type: ignore[attr-defined]
+    assert list(copied["model"]) == list(state)
+    assert isinstance(copied["rng"][1], tuple) and copied["rng"][1][1] == 3
+    assert copied["epoch"] == 4
+    assert all(t.device.type == "cpu" for t in copied["model"].values())

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from densenet_trainer.data import (
     DecodeTolerantImageFolder,
@@ -113,3 +114,31 @@ def test_synthetic_batches_are_made_once_on_the_device() -> None:
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert int(targets.max()) < 10 and failed == []
     assert all(batch[0] is images for batch in seen)  # no per-step generation or copy
+
+
+@pytest.mark.parametrize(
+    ("device_type", "version", "expected"),
+    [
+        ("cpu", "2.8.0", {"pin_memory": False}),
+        ("cuda", "2.4.1", {"pin_memory": True}),
+        # Before 2.6 the DataLoader pins only for CUDA unless told the device.
+        ("npu", "2.4.0", {"pin_memory": True, "pin_memory_device": "npu"}),
+        ("npu", "2.5.1+cpu", {"pin_memory": True, "pin_memory_device": "npu"}),
+        # From 2.6 on it pins for the current accelerator (torch_npu's).
+        ("npu", "2.8.0+cpu", {"pin_memory": True}),
+        ("npu", "2.10.0", {"pin_memory": True}),
+    ],
+)
+def test_npu_batches_are_pinned_on_every_torch(
+    device_type: str, version: str, expected: dict[str, object]
+) -> None:
+    from densenet_trainer.data import pinning
+
+    assert pinning(device_type, version) == expected
+
+
+def test_the_pinning_settings_are_ones_this_torchs_dataloader_takes() -> None:
+    from densenet_trainer.data import pinning
+
+    loader = DataLoader(list(range(4)), batch_size=2, **pinning("npu", "2.4.0"))  # type: ignore[arg-type]
+    assert loader.pin_memory and loader.pin_memory_device == "npu"

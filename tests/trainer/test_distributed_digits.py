@@ -1,4 +1,5 @@
-"""End to end: digits trained by `densenet-train launch` with 2 gloo processes under torchrun.
+"""End to end: digits trained by `densenet-train launch` with 2 gloo processes under torchrun,
+their collectives held to HCCL's dtype rules (what an NPU job's would meet).
 
 One module-scoped fixture runs three jobs the way the operator would: a first run that is cut
 off after two epochs (--max-train-steps), a restart of the same recipe (the operator's args
@@ -15,6 +16,7 @@ import pytest
 
 from densenet_trainer.checkpoint import BEST_MODEL_NAME, list_checkpoints, load_checkpoint
 from densenet_trainer.digits import DigitsSplit
+from densenet_trainer.distributed import RULES_ENV
 
 from .conftest import CORRUPT_IMAGE, DENSENET_TRAIN, DIGITS_SIZE, launch_env, run_cli
 
@@ -82,6 +84,13 @@ def recipe(digits: DigitsSplit, checkpoint_dir: Path) -> list[str]:
     ]
 
 
+def hccl_rules_env() -> dict[str, str]:
+    """Two ranks over gloo, every collective of the trainer held to HCCL's dtype rules (and
+    a gloo control group beside the default one, as an NPU job has): what would crash on
+    NPUs fails here."""
+    return {**launch_env(WORLD_SIZE), RULES_ENV: "hccl"}
+
+
 @pytest.fixture(scope="module")
 def runs(digits: DigitsSplit, tmp_path_factory: pytest.TempPathFactory) -> DigitsRuns:
     checkpoint_dir = tmp_path_factory.mktemp("digits-checkpoints")
@@ -89,10 +98,10 @@ def runs(digits: DigitsSplit, tmp_path_factory: pytest.TempPathFactory) -> Digit
     steps_per_epoch = -(-train_images // WORLD_SIZE) // BATCH_SIZE
     base = [DENSENET_TRAIN, "launch", *recipe(digits, checkpoint_dir)]
     cut_off = str(FIRST_RUN_EPOCHS * steps_per_epoch)
-    first = run_cli([*base, "--max-train-steps", cut_off], env=launch_env(WORLD_SIZE)).stdout
+    first = run_cli([*base, "--max-train-steps", cut_off], env=hccl_rules_env()).stdout
     after_first = load_checkpoint(list_checkpoints(checkpoint_dir)[-1])
-    resumed = run_cli(base, env=launch_env(WORLD_SIZE)).stdout
-    evaluation = run_cli([*base, "--mode", "evaluate"], env=launch_env(WORLD_SIZE)).stdout
+    resumed = run_cli(base, env=hccl_rules_env()).stdout
+    evaluation = run_cli([*base, "--mode", "evaluate"], env=hccl_rules_env()).stdout
     for line in (first + resumed + evaluation).splitlines():  # shown with pytest -s
         if "Acc@1" in line or "training done" in line:
             print(line)
@@ -118,6 +127,12 @@ def test_launch_runs_torchrun_on_the_training_args_with_the_topology_from_the_en
     assert "--resume auto --max-train-steps" in runs.first  # the args as given
     assert "PET_NNODES=1 PET_NODE_RANK=0 PET_NPROC_PER_NODE=2" in runs.first
     assert "on 2 x cpu (backend gloo)" in runs.first
+
+
+def test_every_run_held_its_collectives_to_hccls_rules(runs: DigitsRuns) -> None:
+    """Train, resume and evaluate all ran (and evaluated) with HCCL's dtype rules in force."""
+    for log in (runs.first, runs.resumed, runs.evaluation):
+        assert "collectives held to hccl's dtype rules" in log
 
 
 def test_first_run_stops_after_two_epochs_with_a_checkpoint(runs: DigitsRuns) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from densenet_trainer.data import (
 )
 from densenet_trainer.distributed import DistContext, setup_distributed
 from densenet_trainer.engine import (
+    AmpSettings,
     amp_settings,
     build_grad_scaler,
     build_lr_scheduler,
@@ -108,18 +110,21 @@ def test_topk_counts_hits_among_the_k_best_logits() -> None:
         ]
     )
     target = torch.tensor([0, 1, 0])
-    assert topk_correct(output, target, (1, 5)).tolist() == [1.0, 2.0]
+    counts = topk_correct(output, target, (1, 5))
+    assert counts.dtype == torch.int64  # counts, which every backend reduces exactly
+    assert counts.tolist() == [1, 2]
 
 
 def test_topk_with_fewer_classes_than_k() -> None:
     output = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
-    assert topk_correct(output, torch.tensor([0, 0]), (1, 5)).tolist() == [1.0, 2.0]
+    assert topk_correct(output, torch.tensor([0, 0]), (1, 5)).tolist() == [1, 2]
 
 
 def test_percentages_come_from_summed_counts() -> None:
     # rank 0: 3 of 4 right, rank 1: 1 of 3 right -> 4 of 7, not the mean of 75% and 33%
-    summed = torch.tensor([3.0, 4.0, 2.0, 4.0]) + torch.tensor([1.0, 3.0, 1.5, 3.0])
-    result = eval_result_from_sums(summed)
+    counts = torch.tensor([3, 4, 4]) + torch.tensor([1, 3, 3])
+    loss_sum = torch.tensor(2.0) + torch.tensor(1.5)
+    result = eval_result_from_sums(counts, loss_sum)
     assert result.samples == 7
     assert result.acc1 == pytest.approx(100 * 4 / 7)
     assert result.acc5 == pytest.approx(100.0)
@@ -276,3 +281,30 @@ def test_bf16_autocast_trains_on_cpu_without_a_scaler(caplog: pytest.LogCaptureF
     assert fp16.needs_grad_scaler and build_grad_scaler(fp16).is_enabled()
     result, _ = run_epoch(amp=True, max_train_steps=None, caplog=caplog)
     assert result.steps == 12 and math.isfinite(result.loss)
+
+
+def test_off_npu_the_scaler_is_torchs_own() -> None:
+    fp16 = amp_settings(True, "fp16", CPU.device)
+    assert type(build_grad_scaler(fp16)) is torch.amp.GradScaler
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_npu") is None,
+    reason="needs torch_npu (an Ascend image): its GradScaler subclass lives there",
+)
+def test_on_npu_the_scaler_is_torch_npus_which_syncs_overflow_across_ranks() -> None:
+    from torch_npu.npu.amp import GradScaler as NpuGradScaler  # type: ignore[import-not-found]
+
+    fp16 = AmpSettings(enabled=True, device_type="npu", dtype=torch.float16)
+    assert isinstance(build_grad_scaler(fp16), NpuGradScaler)
+
+
+def test_epoch_losses_accumulate_in_float32_on_the_device() -> None:
+    """No float64 on the device per step: NPU AI Cores have none (an AI-CPU fallback)."""
+    from densenet_trainer.engine import EpochProgress
+
+    progress = EpochProgress(CPU, epoch=0, steps_in_epoch=4, on_log=None)
+    progress.add(torch.tensor(2.5, dtype=torch.float32), images=8, data_wait=0.0, failed=[])
+    progress.add(torch.tensor(1.5, dtype=torch.bfloat16), images=8, data_wait=0.0, failed=[])
+    assert progress.epoch_loss.dtype == progress.interval_loss.dtype == torch.float32
+    assert progress.result(2, 0.1, reached_max_steps=False).loss == pytest.approx(2.0)

@@ -185,6 +185,41 @@ def write_table(path: Path, status: str) -> None:
     tmp.replace(path)  # like the kubelet's atomic ConfigMap update
 
 
+def configmap_volume(directory: Path, text: str) -> Path:
+    """A ConfigMap volume as the kubelet lays it out (atomic_writer.go): the data in a
+    timestamped folder, ``..data`` a symlink to it, and each key a symlink through ``..data``."""
+    version = directory / "..2026_12_07_10_00_00.000000001"
+    version.mkdir(parents=True)
+    (version / "hccl.json").write_text(text)
+    (directory / "..data").symlink_to(version.name)
+    (directory / "hccl.json").symlink_to("..data/hccl.json")
+    return directory / "hccl.json"
+
+
+def hccl_would_read(path: str) -> bool:
+    """torch_npu HCCLUtils.cpp checkFilePathReadable: an existing, readable regular file that
+    is not a symlink (it lstat()s the path and refuses S_ISLNK)."""
+    import stat
+
+    mode = os.lstat(path).st_mode
+    return stat.S_ISREG(mode) and not stat.S_ISLNK(mode) and os.access(path, os.R_OK)
+
+
+def test_the_mounted_table_reaches_hccl_as_a_regular_file(tmp_path: Path, no_exec: None) -> None:
+    """The fallback path (no API): the kubelet's symlinked key is waited on, and HCCL is
+    handed a regular copy holding the completed table, byte for byte."""
+    text = json.dumps({"status": "completed", "version": "1.0", "server_count": "1"})
+    mounted = configmap_volume(tmp_path / "config", text)
+    assert not hccl_would_read(str(mounted))  # what HCCL would have refused
+    env = {**POD_ENV, Env.RANK_TABLE_FILE: str(mounted)}
+    with pytest.raises(Exec) as ex:
+        main(["--rank-table-source", "file", "--rank-table-timeout", "0", *RECIPE], env=env)
+    handed = ex.value.env[Env.RANK_TABLE_FILE]
+    assert handed != str(mounted)
+    assert hccl_would_read(handed)
+    assert Path(handed).read_text() == text
+
+
 def test_launch_fails_clearly_when_the_rank_table_never_completes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, no_exec: None
 ) -> None:

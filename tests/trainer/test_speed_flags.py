@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,6 +35,25 @@ def test_defaults() -> None:
 )
 def test_channels_last_default(device_type: str, expected: bool) -> None:
     assert channels_last_default(device_type) is expected
+
+
+def test_compile_on_npu_is_refused_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--synthetic", "--device", "npu", "--compile"])
+    assert "--compile does not work on npu" in capsys.readouterr().err
+    assert parse_args(["--synthetic", "--device", "cuda", "--compile"]).compile
+
+
+def test_compile_is_refused_when_auto_picks_npu() -> None:
+    from densenet_trainer.distributed import DistContext
+    from densenet_trainer.train import configure
+
+    args = parse_args(["--synthetic", "--compile"])  # --device auto: not known yet
+    # torch.device("npu") exists only once torch_npu has registered it: a device whose type
+    # is what configure() reads.
+    npu = DistContext(0, 1, 0, SimpleNamespace(type="npu"), "hccl")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--compile does not work on npu"):
+        configure(args, npu)
 
 
 def test_flags_are_parsed() -> None:

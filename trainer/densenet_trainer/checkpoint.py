@@ -8,6 +8,7 @@ import os
 import random
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,33 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it copied to host memory (containers rebuilt, a state
+    dict's ``_metadata`` kept).
+
+    A tensor saved on its device is pickled with that device's rebuild function: torch_npu
+    2.7/2.8 pickles NPU tensors through ``torch_npu.utils.storage._rebuild_npu_tensor``, which
+    ``torch.load(weights_only=True)`` refuses in any process without torch_npu. Host copies
+    load anywhere (evaluation, --pretrained, a resume on another device type); loading puts
+    them back on the device (load_state_dict copies, the optimizer casts its state).
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        copied = type(obj)() if isinstance(obj, OrderedDict) else {}
+        copied.update((key, to_cpu(value)) for key, value in obj.items())
+        metadata = getattr(obj, "_metadata", None)
+        if metadata is not None:
+            copied._metadata = metadata  # type: ignore[attr-defined]  # load_state_dict reads it
+        return copied
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(value) for value in obj)
+    return obj
+
+
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same directory, then os.replace it into place.
+    """torch.save (tensors as host copies: :func:`to_cpu`) to a temporary file in the same
+    directory, then os.replace it into place.
 
     A reader (or a restarted job) sees either the previous complete file or the new
     complete file, never a partial one, even if this process is killed mid-write.
@@ -54,7 +80,7 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
+            torch.save(to_cpu(obj), file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)

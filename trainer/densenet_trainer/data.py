@@ -210,12 +210,31 @@ class ResumableDistributedSampler(DistributedSampler[int]):
         }
 
 
+def pinning(device_type: str, torch_version: str = torch.__version__) -> dict[str, object]:
+    """The DataLoader's pin_memory settings for a device type.
+
+    Pinned host memory makes the host-to-device copy asynchronous; it buys nothing on cpu.
+    Before torch 2.6 the DataLoader pins for CUDA unless told another device
+    (``pin_memory_device``), and pins nothing at all without CUDA: on npu it was silently off.
+    From 2.6 on it pins for the current accelerator, which torch_npu registers.
+    """
+    if device_type not in ("cuda", "npu"):
+        return {"pin_memory": False}
+    if device_type == "npu" and _release(torch_version) < (2, 6):
+        return {"pin_memory": True, "pin_memory_device": "npu"}
+    return {"pin_memory": True}
+
+
+def _release(version: str) -> tuple[int, int]:
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def _loader_kwargs(loader_workers: int, device: torch.device) -> dict[str, object]:
     """DataLoader settings; ``loader_workers`` are its processes (0: load in this process)."""
     kwargs: dict[str, object] = {
         "num_workers": loader_workers,
-        # Pinned host memory makes the host-to-device copy asynchronous; it buys nothing on cpu.
-        "pin_memory": device.type in ("cuda", "npu"),
+        **pinning(device.type),
         # Keeping loader workers across epochs avoids re-forking (and re-importing) each epoch.
         "persistent_workers": loader_workers > 0,
         "collate_fn": collate_skipping_failed,

@@ -132,6 +132,18 @@ def amp_settings(enabled: bool, requested_dtype: str, device: torch.device) -> A
 
 
 def build_grad_scaler(amp: AmpSettings) -> torch.amp.GradScaler:
+    """torch's dynamic GradScaler; on npu torch_npu's own subclass.
+
+    torch_npu's (npu/amp/grad_scaler.py) clears the device's float-status register before
+    the first scaled step on chips that do not produce inf/nan (910), reads overflow from it,
+    and all-reduces the overflow flag over the ranks, so every rank skips the same steps.
+    torch's class does neither: with fp16 on 910 the ranks' weights could silently drift apart.
+    """
+    if amp.device_type == "npu":
+        from torch_npu.npu.amp import GradScaler as NpuGradScaler  # type: ignore[import-not-found]
+
+        scaler: torch.amp.GradScaler = NpuGradScaler(enabled=amp.needs_grad_scaler)
+        return scaler
     return torch.amp.GradScaler(amp.device_type, enabled=amp.needs_grad_scaler)
 
 
@@ -143,7 +155,7 @@ def topk_correct(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ..
     maxk = min(max(topk), output.shape[1])
     _, pred = output.topk(maxk, dim=1, largest=True, sorted=True)
     hits = pred.eq(target.view(-1, 1))  # [batch, maxk]
-    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in topk]).to(torch.float64)
+    return torch.stack([hits[:, : min(k, maxk)].any(dim=1).sum() for k in topk]).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -155,16 +167,18 @@ class EvalResult:
     failed_images: frozenset[str] = frozenset()
 
 
-def eval_result_from_sums(sums: torch.Tensor) -> EvalResult:
-    """Turn all-reduced [correct1, correct5, loss_sum, samples] into percentages."""
-    correct1, correct5, loss_sum, samples = (float(v) for v in sums.tolist())
+def eval_result_from_sums(counts: torch.Tensor, loss_sum: torch.Tensor) -> EvalResult:
+    """Turn all-reduced counts [correct1, correct5, samples] and the loss sum into
+    percentages and a mean."""
+    correct1, correct5, samples = (int(v) for v in counts.tolist())
+    loss_total = float(loss_sum)
     if samples == 0:
         return EvalResult(acc1=0.0, acc5=0.0, loss=float("nan"), samples=0)
     return EvalResult(
         acc1=100.0 * correct1 / samples,
         acc5=100.0 * correct5 / samples,
-        loss=loss_sum / samples,
-        samples=int(samples),
+        loss=loss_total / samples,
+        samples=samples,
     )
 
 
@@ -178,12 +192,14 @@ def evaluate(
 ) -> EvalResult:
     """Acc@1 / Acc@5 over the whole validation set, each sample counted once over all ranks.
 
-    Each rank sums its correct counts and its real sample count; one all_reduce adds them up.
-    ``model`` should be the unwrapped module: ranks may run different numbers of batches
-    (the val sampler is unpadded), and a DDP forward could wait on the others.
+    Each rank counts its correct predictions and its real samples (int64) and sums its loss
+    (float32: HCCL reduces no float64); two all_reduces add them up. ``model`` should be the
+    unwrapped module: ranks may run different numbers of batches (the val sampler is
+    unpadded), and a DDP forward could wait on the others.
     """
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)
+    counts = torch.zeros(3, dtype=torch.int64, device=ctx.device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
     failed: set[str] = set()
     with torch.inference_mode():
         for images, targets, failed_paths in data_loader:
@@ -196,10 +212,10 @@ def evaluate(
             output = output.float()
             # criterion averages over the batch; weight it back to a sum for exact means.
             loss = criterion(output, targets)
-            sums[:2] += topk_correct(output, targets, (1, 5))
-            sums[2] += loss.double() * images.shape[0]
-            sums[3] += images.shape[0]
-    result = eval_result_from_sums(all_reduce_sum(sums, ctx))
+            counts[:2] += topk_correct(output, targets, (1, 5))
+            counts[2] += images.shape[0]
+            loss_sum += loss.float() * images.shape[0]
+    result = eval_result_from_sums(all_reduce_sum(counts, ctx), all_reduce_sum(loss_sum, ctx))
     return EvalResult(
         acc1=result.acc1,
         acc5=result.acc5,
@@ -297,9 +313,11 @@ class EpochProgress:
         self.whole_epoch = ThroughputMeter(ctx.world_size)  # the fallback for very short epochs
         self.measured = ThroughputMeter(ctx.world_size)  # restarted after the warm-up steps
         self.interval = ThroughputMeter(ctx.world_size)
-        self.interval_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        # float32 on the device: NPUs have no float64 on their AI Cores (an AI-CPU fallback
+        # per step), and an epoch's sum of losses needs no more.
+        self.interval_loss = torch.zeros((), dtype=torch.float32, device=ctx.device)
         self.interval_steps = 0
-        self.epoch_loss = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        self.epoch_loss = torch.zeros((), dtype=torch.float32, device=ctx.device)
         self.last_loss = float("nan")
         self.steps = 0
         self.failed: set[str] = set()
@@ -307,7 +325,7 @@ class EpochProgress:
     def add(self, loss: torch.Tensor, images: int, data_wait: float, failed: list[str]) -> None:
         """Count one optimizer step of ``images`` images."""
         self.steps += 1
-        detached = loss.detach().double()
+        detached = loss.detach().float()
         self.interval_loss += detached
         self.epoch_loss += detached
         self.interval_steps += 1

@@ -544,7 +544,22 @@ def parse_args(
         # AOT autograd saves the buffer prefix a layer reads as a tensor whose version the
         # later layers' writes into the buffer advance, and then refuses to differentiate.
         parser.error("--fused-dense does not work with --compile (yet): choose one")
+    if args.compile and (refusal := compile_refusal(args.device)):
+        parser.error(refusal)
     return args
+
+
+def compile_refusal(device_type: str) -> str | None:
+    """Why --compile cannot run on ``device_type`` (None: it can). Asked at parse time for
+    the --device given and again once --device auto has picked one."""
+    if device_type == "npu":
+        # torch.compile on Ascend needs torch_npu >= 2.6 and its inductor backend from the
+        # separate triton-ascend package, which the trainer image does not carry.
+        return (
+            "--compile does not work on npu: torch.compile there needs torch_npu >= 2.6 with "
+            "triton-ascend, which the trainer image does not install; train without --compile"
+        )
+    return None
 
 
 # ---------------------------------------------------------------- the launcher's own flags

@@ -191,7 +191,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
 def wait_for_rank_table(env: Mapping[str, str], launch_args: Any) -> Mapping[str, str]:
     """Wait until the job's rank table is ready; the environment for torchrun, whose
-    RANK_TABLE_FILE is a local copy of the table when it came through the API."""
+    RANK_TABLE_FILE is always a local copy of the ready table, a regular file of this
+    container: from the API, or from the mounted file, which is a symlink into the
+    ConfigMap volume (``hccl.json -> ..data/hccl.json``) that torch_npu's
+    ``checkFilePathReadable`` (HCCLUtils.cpp) refuses, whereupon HCCL says so only at INFO
+    level and builds its communicator over MASTER_ADDR instead."""
     api = configmap_watch_from_env(env) if launch_args.rank_table_source != "file" else None
     waiter = RankTableWait(
         env[Env.RANK_TABLE_FILE],
@@ -201,10 +205,11 @@ def wait_for_rank_table(env: Mapping[str, str], launch_args: Any) -> Mapping[str
         api=api,
     )
     seen = waiter.run()
-    if not waiter.from_api or seen.text is None:
+    if seen.text is None:  # ready states always carry their text; kept for the type checker
         return env
     local = write_local_copy(seen.text)
-    logger.info("rank table written to %s for HCCL", local)
+    source = "the API" if waiter.from_api else env[Env.RANK_TABLE_FILE]
+    logger.info("rank table from %s written to %s for HCCL", source, local)
     return {**env, Env.RANK_TABLE_FILE: local}
 
 

@@ -39,9 +39,11 @@ from densenet_trainer.checkpoint import (
 from densenet_trainer.control import LossLog, StepControl
 from densenet_trainer.data import SyntheticBatches, build_train_loader, build_val_loader
 from densenet_trainer.distributed import (
+    RULES_ENV,
     DistContext,
     barrier,
     broadcast_buffers,
+    check_module_collectives,
     cleanup,
     gather_objects,
     gather_union,
@@ -58,7 +60,7 @@ from densenet_trainer.engine import (
     seek_lr_scheduler,
     train_one_epoch,
 )
-from densenet_trainer.flags import NOTICES, parse_args
+from densenet_trainer.flags import NOTICES, compile_refusal, parse_args
 from densenet_trainer.fused_dense import fused_densenet
 from densenet_trainer.progress import (
     CHECKPOINTING,
@@ -72,6 +74,7 @@ from densenet_trainer.progress import (
     progress_fields,
     reporter_from_env,
 )
+from densenet_trainer.runtime import describe_runtime
 from densenet_trainer.stopping import (
     CheckpointTriggers,
     StopRequest,
@@ -351,6 +354,8 @@ def exact_resume_refusal(
 
 def configure(args: argparse.Namespace, ctx: DistContext) -> tuple[AmpSettings, bool]:
     """Seeds and backend switches; returns the autocast settings and channels_last."""
+    if args.compile and (refusal := compile_refusal(ctx.device.type)):
+        raise ValueError(refusal)  # --device auto picked a device --compile cannot run on
     if args.seed is not None:
         random.seed(args.seed)
         torch.manual_seed(args.seed)
@@ -469,6 +474,7 @@ def resume(args: argparse.Namespace, ctx: DistContext, state: TrainingState) -> 
 def wrap_model(args: argparse.Namespace, ctx: DistContext, state: TrainingState) -> None:
     """DDP under torchrun, then torch.compile with --compile; state dicts stay unwrapped."""
     if ctx.distributed:
+        check_module_collectives(state.model_without_ddp, ctx)
         device_ids = [ctx.local_rank] if ctx.device.type in ("cuda", "npu") else None
         state.model = DistributedDataParallel(state.model_without_ddp, device_ids=device_ids)
     if args.compile:
@@ -819,6 +825,11 @@ def run(args: argparse.Namespace, reporter: Reporter | None = None) -> int:
     configure_logging(ctx.rank)
     for notice in getattr(args, NOTICES, ()):
         logger.info("%s", notice)
+    if ctx.rules.backend != ctx.backend:
+        logger.info(
+            "collectives held to %s's dtype rules on the %s backend (%s)",
+            ctx.rules.backend, ctx.backend, RULES_ENV,
+        )  # fmt: skip
     active: Reporter = NullReporter()
     stop = StopRequest()
     try:
@@ -837,7 +848,9 @@ def run(args: argparse.Namespace, reporter: Reporter | None = None) -> int:
 
 def _run(args: argparse.Namespace, ctx: DistContext, reporter: Reporter, stop: StopRequest) -> int:
     activity = Activity(reporter)
-    activity.set(STARTING)
+    runtime = describe_runtime(ctx.device.type)
+    logger.info("runtime: %s", runtime)
+    activity.set(STARTING, {"runtime": runtime})
     amp, channels_last = configure(args, ctx)
     state = build_state(args, ctx, amp, channels_last)
     resume(args, ctx, state)

@@ -67,3 +67,9 @@ app.kubernetes.io/component: operator
 {{- define "densenet-operator.trainerImage" -}}
 {{- default (printf "densenet-trainer:%s" .Chart.AppVersion) .Values.trainer.image }}
 {{- end }}
+
+{{/* The trainer image of an Ascend family: (dict "root" $ "family" "910b"). */}}
+{{- define "densenet-operator.ascendTrainerImage" -}}
+{{- $root := .root }}
+{{- default (printf "densenet-trainer:%s-%s" $root.Chart.AppVersion .family) (index $root.Values.trainer.ascendImages .family) }}
+{{- end }}
