@@ -52,7 +52,7 @@ from localoperator import OperatorProcess  # noqa: E402
 from testsupport import create_namespace, install_crd, is_running, wait_for  # noqa: E402
 
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, VERSION  # noqa: E402
-from densenet_operator import ranktable  # noqa: E402
+from densenet_operator.ascend import ranktable  # noqa: E402
 from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
 from densenet_operator.podrecord import PodRecord  # noqa: E402
 

@@ -165,7 +165,7 @@ IMAGE_PAIRS: dict[str, AscendImage] = {
 }  # fmt: skip
 assert tuple(IMAGE_PAIRS) == ASCEND_FAMILIES
 
-# device.ascend.product -> its image family (densenet_operator.ascend.PRODUCTS; a test checks
+# device.ascend.product -> its image family (densenet_operator.ascend.products.PRODUCTS; a test checks
 # that every product has one).
 FAMILY_OF_PRODUCT: dict[str, str] = {
     "910": "910",

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from densenet_operator import deviceconfig, hccl, naming, ranktable
+from densenet_operator import naming
+from densenet_operator.ascend import deviceconfig, hccl, ranktable
 from densenet_operator.podrecord import PodRecord, newest_gang
 
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from densenet_operator import ranktable
+from densenet_operator.ascend import ranktable
 from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
 from densenet_operator.status import (

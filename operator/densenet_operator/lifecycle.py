@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from densenet_contract import EXIT_STOPPED_ON_REQUEST
-from densenet_operator import naming, ranktable
+from densenet_operator import naming
+from densenet_operator.ascend import ranktable
 from densenet_operator.draft import (
     INITIALIZING_TABLE,
     MAX_MESSAGE_CHARS,

@@ -45,7 +45,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from densenet_contract import DEVICE_TYPES
-from densenet_operator import ranktable
+from densenet_operator.ascend import ranktable
 from densenet_operator.podrecord import PENDING
 from densenet_operator.spec import Device
 from densenet_operator.status import FAILED, PHASE_CONDITIONS, SUCCEEDED, parse_time

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from densenet_operator import naming
-from densenet_operator.ascend import SUPER_POD_BLOCK_ANNOTATION
+from densenet_operator.ascend.products import SUPER_POD_BLOCK_ANNOTATION
 from densenet_operator.spec import Job
 
 GROUP, VERSION, PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"

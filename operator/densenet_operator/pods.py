@@ -13,7 +13,8 @@ from densenet_contract import (
     Env,
 )
 from densenet_contract.schema import trainer_flags
-from densenet_operator import ascend, naming, overrides
+from densenet_operator import naming, overrides
+from densenet_operator.ascend import products
 from densenet_operator.podresources import container_resources
 from densenet_operator.podtemplate import ASCEND_HOST_PATHS, SHM_PATH
 from densenet_operator.settings import RunAs
@@ -66,7 +67,7 @@ def trainer_env(job: Job, index: int) -> list[dict[str, Any]]:
 
 def _ascend_env(spec: TrainingSpec, index: int) -> list[dict[str, Any]]:
     """What HCCL, torch_npu and Huawei's device plugin read in an Ascend container."""
-    logical = ascend.logical_super_pod(index, spec.super_pod_block, spec.devices_per_replica)
+    logical = products.logical_super_pod(index, spec.super_pod_block, spec.devices_per_replica)
     env = [
         {"name": Env.RANK_TABLE_FILE, "value": RANK_TABLE_FILE},
         _field_env(Env.HCCL_IF_IP, "status.podIP"),
@@ -78,7 +79,7 @@ def _ascend_env(spec: TrainingSpec, index: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
     if spec.scheduling.scheduler_name == VOLCANO_SCHEDULER:
         # Under Volcano the device plugin finds the pod's chips through this variable.
-        annotation = ascend.VOLCANO_DEVICES_ANNOTATION
+        annotation = products.VOLCANO_DEVICES_ANNOTATION
         env.append(_field_env(Env.ASCEND_VISIBLE_DEVICES, f"metadata.annotations['{annotation}']"))
     return env
 
@@ -121,8 +122,8 @@ def _ascend_metadata(job: Job, index: int) -> tuple[dict[str, str], dict[str, st
     spec = job.spec
     if spec.device.type != "ascend":
         return {}, {}
-    labels = {ascend.RING_CONTROLLER_LABEL: spec.product.ring_controller}
-    annotations = {ascend.RANK_INDEX_ANNOTATION: str(index)}  # as ascend-operator writes it
+    labels = {products.RING_CONTROLLER_LABEL: spec.product.ring_controller}
+    annotations = {products.RANK_INDEX_ANNOTATION: str(index)}  # as ascend-operator writes it
     return labels, annotations
 
 
@@ -130,7 +131,7 @@ def _node_selector(spec: TrainingSpec) -> dict[str, str]:
     """The user's selector; on Ascend, the product's accelerator-type unless the user set one."""
     selector = dict(spec.scheduling.node_selector)
     if spec.device.type == "ascend" and spec.product.accelerator_type:
-        selector.setdefault(ascend.ACCELERATOR_TYPE_LABEL, spec.product.accelerator_type)
+        selector.setdefault(products.ACCELERATOR_TYPE_LABEL, spec.product.accelerator_type)
     return selector
 
 

@@ -27,10 +27,10 @@ from densenet_operator import (
     networkpolicy,
     podgroup,
     pods,
-    ranktable,
     rbac,
     service,
 )
+from densenet_operator.ascend import ranktable
 from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.expectations import PodExpectations
 from densenet_operator.metrics import METRICS, Metrics, device_type_of

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from densenet_contract import cann
-from densenet_operator.ascend import PRODUCTS
+from densenet_operator.ascend.products import PRODUCTS
 
 PROJECT_VERSION = "0.1.0"  # the chart's appVersion: the images' default tags
 DEFAULT_TRAINER_IMAGE = f"densenet-trainer:{PROJECT_VERSION}"

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from densenet_contract import DEVICE_KINDS, DeviceKind, DeviceType, ModelName, cann
 from densenet_contract.recipe import Recipe
 from densenet_contract.schema import Rule, SpecError, parse, spec_field
-from densenet_operator.ascend import PRODUCTS, Product, ProductName, describe_counts
+from densenet_operator.ascend.products import PRODUCTS, Product, ProductName, describe_counts
 from densenet_operator.podtemplate import (
     OVERRIDE_RULES,
     RESERVED_ENV,

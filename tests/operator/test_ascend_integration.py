@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from densenet_operator import hccl
+from densenet_operator.ascend import hccl
 from tests.operator.conftest import Jobs, wait_for
 from tests.operator.test_operator_integration import small_job
 

@@ -2,7 +2,8 @@ import datetime as dt
 
 import pytest
 
-from densenet_operator import lifecycle, ranktable
+from densenet_operator import lifecycle
+from densenet_operator.ascend import ranktable
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import make_job, make_pod
 

@@ -16,7 +16,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from densenet_operator import cli, lifecycle, ranktable
+from densenet_operator import cli, lifecycle
+from densenet_operator.ascend import ranktable
 from densenet_operator.metrics import CountedApiClient, Metrics, api_request_labels, serve
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.status import format_time

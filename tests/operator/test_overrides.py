@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from densenet_contract import RANK_TABLE_DIR, TRAINER_COMMAND, TRAINER_CONTAINER
-from densenet_operator import ascend, naming, pods
+from densenet_operator import naming, pods
+from densenet_operator.ascend import products
 from densenet_operator.podresources import container_resources
 from densenet_operator.settings import RunAs
 from densenet_operator.spec import SpecError
@@ -69,14 +70,14 @@ def test_the_operator_s_fields_win() -> None:
     template = {
         **TEMPLATE,
         "metadata": {
-            "labels": {ascend.RING_CONTROLLER_LABEL: "mine"},
-            "annotations": {ascend.RANK_INDEX_ANNOTATION: "7"},
+            "labels": {products.RING_CONTROLLER_LABEL: "mine"},
+            "annotations": {products.RANK_INDEX_ANNOTATION: "7"},
         },
     }
     pod = pods.build_pod(make_job(podTemplate=template), 1, gang=3)
     labels = pod["metadata"]["labels"]
-    assert labels[ascend.RING_CONTROLLER_LABEL] == "ascend-910"
-    assert pod["metadata"]["annotations"][ascend.RANK_INDEX_ANNOTATION] == "1"
+    assert labels[products.RING_CONTROLLER_LABEL] == "ascend-910"
+    assert pod["metadata"]["annotations"][products.RANK_INDEX_ANNOTATION] == "1"
     assert labels[naming.LABEL_JOB] == "dn161"
     assert labels[naming.LABEL_GANG] == "3" and labels[naming.LABEL_REPLICA_INDEX] == "1"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"

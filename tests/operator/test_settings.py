@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from densenet_contract import cann
-from densenet_operator.ascend import PRODUCTS
+from densenet_operator.ascend.products import PRODUCTS
 from densenet_operator.settings import (
     DEFAULT_TRAINER_IMAGE,
     PROJECT_VERSION,

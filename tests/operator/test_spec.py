@@ -4,7 +4,8 @@ from typing import Any
 import pytest
 import yaml
 
-from densenet_operator import networkpolicy, podgroup, pods, ranktable
+from densenet_operator import networkpolicy, podgroup, pods
+from densenet_operator.ascend import ranktable
 from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import ParsedJobs, SpecError, parse_job, parse_spec
 

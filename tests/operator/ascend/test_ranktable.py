@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from densenet_operator import hccl, naming, ranktable
+from densenet_operator import naming
+from densenet_operator.ascend import hccl, ranktable
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import JOB, device_annotation, make_pod
 

@@ -22,15 +22,16 @@ from densenet_contract import RANK_TABLE_COMPLETED as COMPLETED
 from densenet_contract import RANK_TABLE_INITIALIZING as INITIALIZING
 from densenet_contract import RANK_TABLE_KEY
 from densenet_contract import RANK_TABLE_NOT_REQUIRED as NOT_REQUIRED
-from densenet_operator import deviceconfig, hccl, naming
-from densenet_operator.ascend import logical_super_pod
-from densenet_operator.deviceconfig import (
+from densenet_operator import naming
+from densenet_operator.ascend import deviceconfig, hccl
+from densenet_operator.ascend.deviceconfig import (
     NO_DEVICE_IP,
     SUPER_DEVICE_ID_UNREADABLE,
     Device,
     DeviceConfig,
     Refused,
 )
+from densenet_operator.ascend.products import logical_super_pod
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import JobRef, RankTableFormat, TrainingSpec
 

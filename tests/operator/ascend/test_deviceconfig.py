@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from densenet_operator import deviceconfig
-from densenet_operator.deviceconfig import Refused
+from densenet_operator.ascend import deviceconfig
+from densenet_operator.ascend.deviceconfig import Refused
 
 
 def annotation(**device: object) -> str:

@@ -10,7 +10,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from densenet_contract import Env
-from densenet_operator import ascend, hccl, podgroup, pods, ranktable
+from densenet_operator import podgroup, pods
+from densenet_operator.ascend import hccl, products, ranktable
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import SpecError
 from tests.operator.factories import JOB, device_annotation, make_job, make_pod
@@ -60,7 +61,7 @@ def test_super_pod_blocks_divide_the_job_in_whole_nodes():
 
 
 def test_each_product_selects_its_nodes_and_its_table_version():
-    for name, product in ascend.PRODUCTS.items():
+    for name, product in products.PRODUCTS.items():
         job = ascend_job(name, 1, product.single_replica_devices[-1])
         pod = pods.build_pod(job, 0)
         selector = pod["spec"].get("nodeSelector", {})

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from densenet_operator import lifecycle, ranktable
+from densenet_operator import lifecycle
+from densenet_operator.ascend import ranktable
 from densenet_operator.podrecord import PodRecord
 from tests.operator.factories import make_job, make_pod
 

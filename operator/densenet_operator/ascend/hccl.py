@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from densenet_operator.deviceconfig import is_ip, shorten
+from densenet_operator.ascend.deviceconfig import is_ip, shorten
 
 MAX_SERVER_ID = 127
 HCCL_UNSET_U32 = 2**32 - 1  # INVALID_UINT: HCCL reads this super_device_id as "not configured"
