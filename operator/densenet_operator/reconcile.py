@@ -25,10 +25,10 @@ from densenet_operator import (
     lifecycle,
     naming,
     networkpolicy,
-    podgroup,
     pods,
     rbac,
     service,
+    volcano,
 )
 from densenet_operator.ascend import ranktable
 from densenet_operator.children import ChildConflict, ChildReplaced
@@ -123,15 +123,15 @@ class Reconciler:
     def _child_api(self, kind: str) -> tuple[Callable[..., Any], ...]:
         """(create(ns, body), read(name, ns), delete(name, ns)) of a child kind."""
         if kind == "PodGroup":
-            where = (podgroup.GROUP, podgroup.VERSION)
+            where = (volcano.GROUP, volcano.VERSION)
             custom = self.custom
             return (
                 lambda ns, body, **kw: custom.create_namespaced_custom_object(
-                    *where, ns, podgroup.PLURAL, body, **kw),
+                    *where, ns, volcano.PLURAL, body, **kw),
                 lambda name, ns, **kw: custom.get_namespaced_custom_object(
-                    *where, ns, podgroup.PLURAL, name, **kw),
+                    *where, ns, volcano.PLURAL, name, **kw),
                 lambda name, ns, **kw: custom.delete_namespaced_custom_object(
-                    *where, ns, podgroup.PLURAL, name, **kw),
+                    *where, ns, volcano.PLURAL, name, **kw),
             )  # fmt: skip
         api_name, noun = CHILD_APIS[kind]
         api = {"core": self.core, "rbac": self.rbac, "networking": self.networking}[api_name]
@@ -205,7 +205,7 @@ class Reconciler:
 
     async def _ensure_pod_group(self, job: Job) -> None:
         try:
-            await self.ensure(job, "PodGroup", podgroup.build_pod_group(job))
+            await self.ensure(job, "PodGroup", volcano.build_pod_group(job))
         except ApiException as error:
             if error.status == 404:
                 raise RuntimeError(

@@ -33,7 +33,7 @@ from testsupport import (
 )
 
 from densenet_contract import CRD_NAME, GROUP, PLURAL, cann
-from densenet_operator import admission, podgroup, rbac, reconcile
+from densenet_operator import admission, rbac, reconcile, volcano
 from densenet_operator.handlers import CHILD_RESOURCES
 from densenet_operator.settings import PROJECT_VERSION, RunAs, SettingsEnv, TrainerDefaults
 from densenet_operator.spec import JobRef
@@ -557,8 +557,8 @@ EXPECTED_GRANTS = {
       for verb in ("get", "list", "watch", "create", "delete")),
     ("", "configmaps", "patch"),
     ("", "events", "create"),
-    (podgroup.GROUP, podgroup.PLURAL, "get"), (podgroup.GROUP, podgroup.PLURAL, "create"),
-    (podgroup.GROUP, podgroup.PLURAL, "delete"),
+    (volcano.GROUP, volcano.PLURAL, "get"), (volcano.GROUP, volcano.PLURAL, "create"),
+    (volcano.GROUP, volcano.PLURAL, "delete"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }  # fmt: skip
@@ -586,7 +586,7 @@ def test_cluster_role_covers_every_api_call_of_the_reconciler() -> None:
         r"self\.custom\.(\w+?)_namespaced_(custom_object(?:_status)?)\s*,\s*([\w.]+)", source
     )
     assert len(calls) >= 2 and len(custom) >= 3, (calls, custom)  # the patterns still match
-    groups = {"GROUP": (GROUP, PLURAL), "podgroup.GROUP": (podgroup.GROUP, podgroup.PLURAL)}
+    groups = {"GROUP": (GROUP, PLURAL), "volcano.GROUP": (volcano.GROUP, volcano.PLURAL)}
     needed = {(API_GROUPS[api], kind.replace("_", "") + "s", API_VERBS[verb])
               for api, verb, kind in calls}  # fmt: skip
     for verb, kind, group_arg in custom:

@@ -130,13 +130,13 @@ def test_trainer_role_is_limited_to_its_own_job():
 
 
 def test_volcano_pod_group_asks_for_the_whole_gang():
-    from densenet_operator import podgroup
+    from densenet_operator import volcano
 
     job = make_job(
         replicas=4,
         scheduling={"schedulerName": "volcano", "queue": "npu", "priorityClassName": "high"},
     )
-    group = podgroup.build_pod_group(job)
+    group = volcano.build_pod_group(job)
     assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
     assert group["metadata"]["name"] == "dn161"
     assert group["spec"] == {

@@ -4,7 +4,7 @@ from typing import Any
 import pytest
 import yaml
 
-from densenet_operator import networkpolicy, podgroup, pods
+from densenet_operator import networkpolicy, pods, volcano
 from densenet_operator.ascend import ranktable
 from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import ParsedJobs, SpecError, parse_job, parse_spec
@@ -123,6 +123,6 @@ def test_building_the_children_leaves_a_kept_job_as_parsed(spec: dict[str, Any])
         for index in range(job.spec.replicas):
             pods.build_pod(job, index, gang=1)
         networkpolicy.build_network_policy(job)
-        podgroup.build_pod_group(job)
+        volcano.build_pod_group(job)
         ranktable.build_configmap(job.ref, ranktable.initial_content(job.spec))
     assert job == parse_job(served(spec), defaults=IMG)

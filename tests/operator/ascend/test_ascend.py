@@ -10,7 +10,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from densenet_contract import Env
-from densenet_operator import podgroup, pods
+from densenet_operator import pods, volcano
 from densenet_operator.ascend import hccl, products, ranktable
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.spec import SpecError
@@ -86,7 +86,7 @@ def test_super_pod_env_and_pod_group_carry_the_block():
     assert env(pods.build_pod(job, 0))[Env.ASCEND_VISIBLE_DEVICES] == {
         "fieldRef": {"fieldPath": "metadata.annotations['huawei.com/Ascend910']"}
     }
-    assert podgroup.build_pod_group(job)["metadata"]["annotations"] == {"sp-block": "32"}
+    assert volcano.build_pod_group(job)["metadata"]["annotations"] == {"sp-block": "32"}
     plain = pods.build_pod(ascend_job("910", 1, 8), 0)
     assert env(plain)[Env.HCCL_LOGIC_SUPERPOD_ID] == "0"
     assert Env.ASCEND_VISIBLE_DEVICES not in env(plain)
