@@ -3,7 +3,7 @@
 - Labels and annotations: the user's are added; the operator's win on a shared key (the job's
   labels find its pods; the Ascend and Volcano annotations are read by their schedulers).
 - securityContext (pod and trainer container): the user's keys win over the operator's default
-  (podsecurity.py), key by key.
+  (podsecurity.py, or the device's: ascend/pod.py), key by key.
 - Volumes, init containers, volume mounts, envFrom: the user's are appended after the
   operator's; names and mount paths that would collide are refused by the API server
   (podtemplate.py). Sidecars are appended to the init containers with restartPolicy Always.
@@ -18,18 +18,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from densenet_contract import TRAINER_CONTAINER
+from densenet_operator.podadditions import PodAdditions
 from densenet_operator.podsecurity import (
     default_container_security_context,
     default_pod_security_context,
 )
-from densenet_operator.settings import RunAs
 from densenet_operator.spec import TrainingSpec
 
 
-def _merged(default: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+def _merged(default: Mapping[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
     return {**default, **(user or {})}
 
 
@@ -47,9 +48,8 @@ def apply_metadata(metadata: dict[str, Any], spec: TrainingSpec) -> None:
         metadata["annotations"] = annotations
 
 
-def apply_pod_spec(
-    pod_spec: dict[str, Any], spec: TrainingSpec, ascend_run_as: RunAs | None = None
-) -> None:
+def apply_pod_spec(pod_spec: dict[str, Any], spec: TrainingSpec, device: PodAdditions) -> None:
+    """`device`: the device's additions, whose security contexts replace the defaults."""
     overrides = spec.pod_template.spec
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s["name"]} for s in spec.image_pull_secrets]
@@ -60,9 +60,10 @@ def apply_pod_spec(
         pod_spec["hostIPC"] = True
     if overrides.runtime_class_name:
         pod_spec["runtimeClassName"] = overrides.runtime_class_name
-    security = _merged(
-        default_pod_security_context(spec, ascend_run_as), overrides.security_context
-    )
+    default = device.pod_security_context
+    if default is None:
+        default = default_pod_security_context()
+    security = _merged(default, overrides.security_context)
     if security:
         pod_spec["securityContext"] = security
     pod_spec["volumes"] = [*pod_spec.get("volumes", ()), *map(dict, overrides.volumes)]
@@ -70,12 +71,15 @@ def apply_pod_spec(
     if init:
         pod_spec["initContainers"] = init
     trainer = next(c for c in pod_spec["containers"] if c["name"] == TRAINER_CONTAINER)
-    apply_trainer(trainer, spec)
+    apply_trainer(trainer, spec, device)
 
 
-def apply_trainer(container: dict[str, Any], spec: TrainingSpec) -> None:
+def apply_trainer(container: dict[str, Any], spec: TrainingSpec, device: PodAdditions) -> None:
     overrides = spec.pod_template.trainer
-    security = _merged(default_container_security_context(spec), overrides.security_context)
+    default = device.container_security_context
+    if default is None:
+        default = default_container_security_context()
+    security = _merged(default, overrides.security_context)
     if security:
         container["securityContext"] = security
     container["volumeMounts"] = [*container.get("volumeMounts", ()),

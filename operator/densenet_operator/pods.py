@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from densenet_contract import (
-    HCCL_ENV,
-    RANK_TABLE_DIR,
-    RANK_TABLE_FILE,
-    TRAINER_COMMAND,
-    TRAINER_CONTAINER,
-    Env,
-)
+from densenet_contract import RANK_TABLE_DIR, TRAINER_COMMAND, TRAINER_CONTAINER, Env
 from densenet_contract.schema import trainer_flags
-from densenet_operator import naming, overrides
-from densenet_operator.ascend import products
+from densenet_operator import backends, naming, overrides
+from densenet_operator.ascend import pod as ascend_pod
+from densenet_operator.gang import GangBackend
+from densenet_operator.podadditions import PodAdditions, field_env
 from densenet_operator.podresources import container_resources
-from densenet_operator.podtemplate import ASCEND_HOST_PATHS, SHM_PATH
+from densenet_operator.podtemplate import SHM_PATH
 from densenet_operator.settings import RunAs
 from densenet_operator.spec import Job, TrainingSpec
-
-VOLCANO_SCHEDULER = "volcano"
-VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 
 
 def trainer_args(spec: TrainingSpec, job_name: str) -> list[str]:
@@ -40,51 +32,32 @@ def trainer_args(spec: TrainingSpec, job_name: str) -> list[str]:
     return args + list(spec.recipe.extra_args)
 
 
-def _field_env(name: str, field_path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
-
-
-def trainer_env(job: Job, index: int) -> list[dict[str, Any]]:
-    """The environment of docs/contract.md: identity, and torchrun's topology (PET_*)."""
+def trainer_env(
+    job: Job, index: int, added: tuple[dict[str, Any], ...] = ()
+) -> list[dict[str, Any]]:
+    """The environment of docs/contract.md: identity, torchrun's topology (PET_*), then what
+    the device and the gang backend add (`added`), then spec.env."""
     spec = job.spec
     env: list[dict[str, Any]] = [
         {"name": Env.JOB_NAME, "value": job.ref.name},
-        _field_env(Env.JOB_NAMESPACE, "metadata.namespace"),
-        _field_env(Env.POD_NAME, "metadata.name"),
-        _field_env(Env.POD_IP, "status.podIP"),
+        field_env(Env.JOB_NAMESPACE, "metadata.namespace"),
+        field_env(Env.POD_NAME, "metadata.name"),
+        field_env(Env.POD_IP, "status.podIP"),
         {"name": Env.NNODES, "value": str(spec.replicas)},
         {"name": Env.NODE_RANK, "value": str(index)},
         {"name": Env.NPROC_PER_NODE, "value": str(spec.devices_per_replica)},
         {"name": Env.MASTER_ADDR, "value": naming.master_address(job.ref.name)},
         {"name": Env.MASTER_PORT, "value": str(spec.network.master_port)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *added,
     ]
-    if spec.uses_rank_table:
-        env += _ascend_env(spec, index)
     # The user's variables come last so that they win.
     return env + [dict(var) for var in spec.env]
 
 
-def _ascend_env(spec: TrainingSpec, index: int) -> list[dict[str, Any]]:
-    """What HCCL, torch_npu and Huawei's device plugin read in an Ascend container."""
-    logical = products.logical_super_pod(index, spec.super_pod_block, spec.devices_per_replica)
-    env = [
-        {"name": Env.RANK_TABLE_FILE, "value": RANK_TABLE_FILE},
-        _field_env(Env.HCCL_IF_IP, "status.podIP"),
-        *({"name": name, "value": value} for name, value in HCCL_ENV.items()),
-        # ascend-operator sets it on every NPU job: the replica's logical super pod ("0"
-        # outside A3 super pods).
-        {"name": Env.HCCL_LOGIC_SUPERPOD_ID,
-         "value": str(logical if spec.product.super_pod else 0)},
-    ]  # fmt: skip
-    if spec.scheduling.scheduler_name == VOLCANO_SCHEDULER:
-        # Under Volcano the device plugin finds the pod's chips through this variable.
-        annotation = products.VOLCANO_DEVICES_ANNOTATION
-        env.append(_field_env(Env.ASCEND_VISIBLE_DEVICES, f"metadata.annotations['{annotation}']"))
-    return env
-
-
-def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], list[dict]]:
+def _volumes_and_mounts(
+    spec: TrainingSpec, job_name: str, device: PodAdditions
+) -> tuple[list[dict], list[dict]]:
     volumes: list[dict[str, Any]] = [
         {
             "name": "rank-table",
@@ -96,10 +69,8 @@ def _volumes_and_mounts(spec: TrainingSpec, job_name: str) -> tuple[list[dict], 
         {"name": "rank-table", "mountPath": RANK_TABLE_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": SHM_PATH},
     ]
-    if spec.device_type == "ascend":
-        for name, path in ASCEND_HOST_PATHS.items():
-            volumes.append({"name": name, "hostPath": {"path": path}})
-            mounts.append({"name": name, "mountPath": path, "readOnly": name != "npu-log"})
+    volumes += map(dict, device.volumes)
+    mounts += map(dict, device.mounts)
     if not spec.data.synthetic and spec.data.volume:
         volumes.append({**spec.data.volume, "name": "data"})
         mounts.append({"name": "data", "mountPath": spec.data.path, "readOnly": True})
@@ -117,41 +88,70 @@ def _rendezvous_port(spec: TrainingSpec) -> dict[str, Any]:
     return port
 
 
-def _ascend_metadata(job: Job, index: int) -> tuple[dict[str, str], dict[str, str]]:
-    """Labels and annotations Huawei's stack reads on an Ascend pod."""
-    spec = job.spec
-    if spec.device.type != "ascend":
-        return {}, {}
-    labels = {products.RING_CONTROLLER_LABEL: spec.product.ring_controller}
-    annotations = {products.RANK_INDEX_ANNOTATION: str(index)}  # as ascend-operator writes it
-    return labels, annotations
+def device_additions(job: Job, index: int, run_as: RunAs | None, gang: GangBackend) -> PodAdditions:
+    """What the job's device adds: Ascend's (ascend/pod.py); cpu and cuda add only their
+    resource (podresources.py)."""
+    if job.spec.device_type == "ascend":
+        chooses = gang.chooses_devices
+        return ascend_pod.additions(job, index, run_as, scheduler_chooses_devices=chooses)
+    return PodAdditions()
 
 
-def _node_selector(spec: TrainingSpec) -> dict[str, str]:
-    """The user's selector; on Ascend, the product's accelerator-type unless the user set one."""
+def _node_selector(spec: TrainingSpec, parts: tuple[PodAdditions, ...]) -> dict[str, str]:
+    """The user's selector, and what the device and the gang add where the user set nothing."""
     selector = dict(spec.scheduling.node_selector)
-    if spec.device.type == "ascend" and spec.product.accelerator_type:
-        selector.setdefault(products.ACCELERATOR_TYPE_LABEL, spec.product.accelerator_type)
+    for part in parts:
+        for key, value in part.node_selector.items():
+            selector.setdefault(key, value)
     return selector
+
+
+def _metadata(job: Job, index: int, gang: int, parts: tuple[PodAdditions, ...]) -> dict[str, Any]:
+    labels = {
+        naming.LABEL_REPLICA_TYPE: naming.WORKER,
+        naming.LABEL_REPLICA_INDEX: str(index),
+        naming.LABEL_GANG: str(gang),
+    }
+    annotations: dict[str, str] = {}
+    for part in parts:
+        labels.update(part.labels)
+        annotations.update(part.annotations)
+    metadata = naming.child_metadata(job.ref, naming.pod_name(job.ref.name, index), labels)
+    if annotations:
+        metadata["annotations"] = annotations
+    # The user's podTemplate, by the merge rule of overrides.py.
+    overrides.apply_metadata(metadata, job.spec)
+    return metadata
+
+
+def _scheduling(
+    pod_spec: dict[str, Any], spec: TrainingSpec, parts: tuple[PodAdditions, ...]
+) -> None:
+    scheduling = spec.scheduling
+    if selector := _node_selector(spec, parts):
+        pod_spec["nodeSelector"] = selector
+    if scheduling.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in scheduling.tolerations]
+    if scheduling.affinity:
+        pod_spec["affinity"] = scheduling.affinity
+    if scheduler := next((p.scheduler_name for p in parts if p.scheduler_name), None):
+        pod_spec["schedulerName"] = scheduler
+    if scheduling.priority_class_name:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
 
 
 def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) -> dict[str, Any]:
     """The pod of replica `index` in gang `gang` (the restart count it was created under);
-    `run_as`: the nodes' HwHiAiUser, whom Ascend pods run as (default 1000:1000)."""
+    `run_as`: the nodes' HwHiAiUser, whom Ascend pods run as (default 1000:1000).
+
+    Device- and scheduler-neutral: the job's device and its gang backend (backends.py) add
+    their labels, annotations, env, volumes, node selector, scheduler and security context."""
     spec = job.spec
+    backend = backends.backend_for(spec)
+    device = device_additions(job, index, run_as, backend)
+    parts = (device, backend.pod_additions(job, index))
     name = naming.pod_name(job.ref.name, index)
-    volumes, mounts = _volumes_and_mounts(spec, job.ref.name)
-    ascend_labels, annotations = _ascend_metadata(job, index)
-    metadata = naming.child_metadata(
-        job.ref,
-        name,
-        {
-            naming.LABEL_REPLICA_TYPE: naming.WORKER,
-            naming.LABEL_REPLICA_INDEX: str(index),
-            naming.LABEL_GANG: str(gang),
-            **ascend_labels,
-        },
-    )
+    volumes, mounts = _volumes_and_mounts(spec, job.ref.name, device)
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole gang; a kubelet restarting one rank would hang DDP.
         "restartPolicy": "Never",
@@ -167,7 +167,7 @@ def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) 
                 "imagePullPolicy": spec.image_pull_policy,
                 "command": list(TRAINER_COMMAND),
                 "args": trainer_args(spec, job.ref.name),
-                "env": trainer_env(job, index),
+                "env": trainer_env(job, index, tuple(e for p in parts for e in p.env)),
                 "ports": [_rendezvous_port(spec)],
                 "resources": container_resources(spec),
                 "volumeMounts": mounts,
@@ -175,22 +175,7 @@ def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) 
         ],
         "volumes": volumes,
     }
-    scheduling = spec.scheduling
-    if selector := _node_selector(spec):
-        pod_spec["nodeSelector"] = selector
-    if scheduling.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in scheduling.tolerations]
-    if scheduling.affinity:
-        pod_spec["affinity"] = scheduling.affinity
-    if scheduling.scheduler_name:
-        pod_spec["schedulerName"] = scheduling.scheduler_name
-    if scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = scheduling.priority_class_name
-    if scheduling.scheduler_name == VOLCANO_SCHEDULER:
-        annotations[VOLCANO_GROUP_ANNOTATION] = naming.pod_group_name(job.ref.name)
-    if annotations:
-        metadata["annotations"] = annotations
-    # The user's podTemplate, by the merge rule of overrides.py.
-    overrides.apply_metadata(metadata, spec)
-    overrides.apply_pod_spec(pod_spec, spec, run_as)
+    _scheduling(pod_spec, spec, parts)
+    metadata = _metadata(job, index, gang, parts)
+    overrides.apply_pod_spec(pod_spec, spec, device)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

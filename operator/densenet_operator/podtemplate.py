@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from densenet_contract import GROUP, MASTER_PORT, RANK_TABLE_DIR, TRAINER_CONTAINER, Env
 from densenet_contract.schema import Rule, spec_field
+from densenet_operator.ascend import products as ascend
 
 MAX_LABELS = 32
 MAX_VOLUMES = 16
@@ -23,20 +24,14 @@ MAX_PORTS = 16
 DNS_LABEL = {"type": "string", "minLength": 1, "maxLength": 63,
              "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}  # fmt: skip
 PATH = {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": "^/"}
-ASCEND_HOST_PATHS = {
-    "ascend-driver": "/usr/local/Ascend/driver",
-    "ascend-add-ons": "/usr/local/Ascend/add-ons",
-    "npu-log": "/var/log/npu",
-}
 # The operator's volumes (pods.py) and where it mounts them in the trainer container.
-OPERATOR_VOLUMES = ("rank-table", "dshm", *ASCEND_HOST_PATHS, "data", "checkpoints")
+OPERATOR_VOLUMES = ("rank-table", "dshm", *ascend.HOST_PATHS, "data", "checkpoints")
 SHM_PATH = "/dev/shm"
-FIXED_MOUNT_PATHS = (RANK_TABLE_DIR, SHM_PATH, *ASCEND_HOST_PATHS.values())
+FIXED_MOUNT_PATHS = (RANK_TABLE_DIR, SHM_PATH, *ascend.HOST_PATHS.values())
 # Variables of the job's identity, topology and rank table: set by the operator, never the user.
 RESERVED_ENV = (
     Env.JOB_NAME, Env.JOB_NAMESPACE, Env.POD_NAME, Env.POD_IP, Env.NNODES, Env.NODE_RANK,
-    Env.NPROC_PER_NODE, Env.MASTER_ADDR, Env.MASTER_PORT, Env.RANK_TABLE_FILE, Env.HCCL_IF_IP,
-    Env.HCCL_LOGIC_SUPERPOD_ID, Env.ASCEND_VISIBLE_DEVICES,
+    Env.NPROC_PER_NODE, Env.MASTER_ADDR, Env.MASTER_PORT, *ascend.CONTAINER_ENV,
 )  # fmt: skip
 # The job's labels (naming.py): the operator finds its pods by them.
 RESERVED_LABEL_PREFIX = f"{GROUP}/"

@@ -21,6 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, RANK_TABLE_KEY, VERSION
 from densenet_operator import (
+    backends,
     children,
     lifecycle,
     naming,
@@ -28,7 +29,6 @@ from densenet_operator import (
     pods,
     rbac,
     service,
-    volcano,
 )
 from densenet_operator.ascend import ranktable
 from densenet_operator.children import ChildConflict, ChildReplaced
@@ -122,16 +122,17 @@ class Reconciler:
 
     def _child_api(self, kind: str) -> tuple[Callable[..., Any], ...]:
         """(create(ns, body), read(name, ns), delete(name, ns)) of a child kind."""
-        if kind == "PodGroup":
-            where = (volcano.GROUP, volcano.VERSION)
+        if kind in backends.CUSTOM_KINDS:  # a gang backend's (gang.py)
+            made = backends.CUSTOM_KINDS[kind]
+            where, plural = (made.group, made.version), made.plural
             custom = self.custom
             return (
                 lambda ns, body, **kw: custom.create_namespaced_custom_object(
-                    *where, ns, volcano.PLURAL, body, **kw),
+                    *where, ns, plural, body, **kw),
                 lambda name, ns, **kw: custom.get_namespaced_custom_object(
-                    *where, ns, volcano.PLURAL, name, **kw),
+                    *where, ns, plural, name, **kw),
                 lambda name, ns, **kw: custom.delete_namespaced_custom_object(
-                    *where, ns, volcano.PLURAL, name, **kw),
+                    *where, ns, plural, name, **kw),
             )  # fmt: skip
         api_name, noun = CHILD_APIS[kind]
         api = {"core": self.core, "rbac": self.rbac, "networking": self.networking}[api_name]
@@ -158,9 +159,9 @@ class Reconciler:
         raise ChildConflict(kind, name, children.describe_owner(existing))
 
     async def ensure_children(self, job: Job) -> None:
-        """Service, ServiceAccount, Role, RoleBinding, NetworkPolicy and rank-table ConfigMap,
-        each this job's own; checked once per job, and again after any child is deleted or a
-        pass fails."""
+        """Service, ServiceAccount, Role, RoleBinding, NetworkPolicy, the gang backend's
+        children and the rank-table ConfigMap, each this job's own; checked once per job, and
+        again after any child is deleted or a pass fails."""
         if job.ref.uid in self.ensured:
             return
         ref = job.ref
@@ -175,8 +176,7 @@ class Reconciler:
         await asyncio.gather(*first)
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
         await self.ensure(job, "RoleBinding", rbac.build_role_binding(ref))
-        if job.spec.scheduling.scheduler_name == pods.VOLCANO_SCHEDULER:
-            await self._ensure_pod_group(job)
+        await self._ensure_gang(job)
         configmap = await self.ensure(
             job, "ConfigMap", ranktable.build_configmap(ref, ranktable.initial_content(job.spec))
         )
@@ -203,16 +203,17 @@ class Reconciler:
                                   restart_cause=None)  # fmt: skip
         return patched
 
-    async def _ensure_pod_group(self, job: Job) -> None:
-        try:
-            await self.ensure(job, "PodGroup", volcano.build_pod_group(job))
-        except ApiException as error:
-            if error.status == 404:
-                raise RuntimeError(
-                    "schedulerName is volcano but the PodGroup API (scheduling.volcano.sh/v1beta1) "
-                    "is not installed: install Volcano, or drop spec.scheduling.schedulerName"
-                ) from None
-            raise
+    async def _ensure_gang(self, job: Job) -> None:
+        """The children of the job's gang backend (Volcano's PodGroup), before any pod."""
+        backend = backends.backend_for(job.spec)
+        for child in backend.children(job):
+            kind = child["kind"]
+            try:
+                await self.ensure(job, kind, child)
+            except ApiException as error:
+                if error.status == 404:
+                    raise RuntimeError(backend.kinds[kind].missing) from None
+                raise
 
     def forget(self, uid: str) -> None:
         self.ensured.discard(uid)

@@ -1,15 +1,34 @@
 """Volcano gang scheduling: a PodGroup with minMember = replicas, so that a job gets all of its
-servers or none (no half-placed gang holding NPUs while it waits)."""
+servers or none (no half-placed gang holding NPUs while it waits).
+
+A job is Volcano's when `spec.scheduling.schedulerName` is `volcano`: its pods go to that
+scheduler and name their PodGroup, whose queue and priority class are the job's. Volcano's
+Ascend plugin chooses each pod's chips itself (`chooses_devices`), and its A3 super-pod plugin
+reads the logical super-pod size (`sp-block`) from the PodGroup.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from densenet_operator import naming
-from densenet_operator.ascend.products import SUPER_POD_BLOCK_ANNOTATION
-from densenet_operator.spec import Job
+from densenet_operator.gang import CustomKind
+from densenet_operator.podadditions import PodAdditions
+from densenet_operator.spec import Job, TrainingSpec
 
+SCHEDULER = "volcano"
 GROUP, VERSION, PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"
+GROUP_ANNOTATION = "scheduling.k8s.io/group-name"  # on each pod: its PodGroup
+SUPER_POD_BLOCK_ANNOTATION = "sp-block"  # on the PodGroup of an A3 super-pod job
+POD_GROUP = CustomKind(
+    GROUP,
+    VERSION,
+    PLURAL,
+    missing=f"schedulerName is {SCHEDULER} but the PodGroup API ({GROUP}/{VERSION}) "
+    "is not installed: install Volcano, or drop spec.scheduling.schedulerName",
+)
 
 
 def build_pod_group(job: Job) -> dict[str, Any]:
@@ -34,3 +53,25 @@ def build_pod_group(job: Job) -> dict[str, Any]:
         "metadata": metadata,
         "spec": group_spec,
     }
+
+
+@dataclass(frozen=True)
+class VolcanoGang:
+    name: str = SCHEDULER
+    chooses_devices: bool = True  # Volcano's Ascend plugin picks the chips
+    kinds: Mapping[str, CustomKind] = field(default_factory=lambda: {"PodGroup": POD_GROUP})
+
+    def wanted_by(self, spec: TrainingSpec) -> bool:
+        return spec.scheduling.scheduler_name == SCHEDULER
+
+    def children(self, job: Job) -> list[dict[str, Any]]:
+        return [build_pod_group(job)]
+
+    def pod_additions(self, job: Job, index: int) -> PodAdditions:
+        return PodAdditions(
+            annotations={GROUP_ANNOTATION: naming.pod_group_name(job.ref.name)},
+            scheduler_name=SCHEDULER,
+        )
+
+
+BACKEND = VolcanoGang()

@@ -9,12 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from densenet_contract import Env
+
 ProductName = Literal["910", "910b", "910b-16", "a3", "a3-superpod"]
 ACCELERATOR_TYPE_LABEL = "accelerator-type"
 RING_CONTROLLER_LABEL = "ring-controller.atlas"
 SUPER_POD_BLOCK_ANNOTATION = "sp-block"  # on the PodGroup (Volcano) and the job
 RANK_INDEX_ANNOTATION = "hccl/rankIndex"
 VOLCANO_DEVICES_ANNOTATION = "huawei.com/Ascend910"  # the chips Volcano chose for a pod
+# The driver and its logs, mounted from the node into every Ascend container (ascend/pod.py).
+HOST_PATHS = {
+    "ascend-driver": "/usr/local/Ascend/driver",
+    "ascend-add-ons": "/usr/local/Ascend/add-ons",
+    "npu-log": "/var/log/npu",
+}
+# The variables the operator sets in an Ascend container (ascend/pod.py); spec.env may not.
+CONTAINER_ENV = (
+    Env.RANK_TABLE_FILE, Env.HCCL_IF_IP, Env.HCCL_LOGIC_SUPERPOD_ID, Env.ASCEND_VISIBLE_DEVICES,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
