@@ -53,7 +53,8 @@ from testsupport import create_namespace, install_crd, is_running, wait_for  # n
 
 from densenet_contract import GROUP, MERGE_PATCH, PLURAL, VERSION  # noqa: E402
 from densenet_operator.ascend import ranktable  # noqa: E402
-from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
+from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION as ASCEND_CONFIG_ANNOTATION  # noqa: E402
+from densenet_operator.naming import LABEL_JOB, LABEL_REPLICA_INDEX  # noqa: E402
 from densenet_operator.podrecord import PodRecord  # noqa: E402
 
 

@@ -17,8 +17,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "densenet-operator"
 WORKER = "worker"  # the replica type: every pod of a job is a worker pod
 
-ASCEND_CONFIG_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"
-
 
 def pod_name(job: str, index: int) -> str:
     return f"{job}-{WORKER}-{index}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from densenet_contract import TRAINER_CONTAINER
 from densenet_operator import naming
+from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION
 from densenet_operator.children import job_owner
 
 PENDING = "Pending"
@@ -100,7 +101,7 @@ class PodRecord:
             reason=status.get("reason") or (terminated.get("reason") if terminated else None),
             unschedulable=_unschedulable(status),
             disruption=_disruption(status),
-            device_config=(metadata.get("annotations") or {}).get(naming.ASCEND_CONFIG_ANNOTATION),
+            device_config=(metadata.get("annotations") or {}).get(CONFIG_ANNOTATION),
         )
 
 

@@ -17,10 +17,11 @@ from localcluster import Cluster
 from localoperator import OperatorProcess
 from testsupport import REPO_ROOT, Kubectl, is_running, wait_for
 
-from densenet_operator.naming import ASCEND_CONFIG_ANNOTATION, LABEL_JOB, LABEL_REPLICA_INDEX
+from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION
+from densenet_operator.naming import LABEL_JOB, LABEL_REPLICA_INDEX
 
 ROOT = REPO_ROOT
-ASCEND_ANNOTATION = ASCEND_CONFIG_ANNOTATION
+ASCEND_ANNOTATION = CONFIG_ANNOTATION
 # What the test modules of this folder import from here.
 __all__ = ["ASCEND_ANNOTATION", "ROOT", "Jobs", "OperatorProcess", "wait_for"]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from densenet_contract import TRAINER_CONTAINER
 from densenet_operator import naming
+from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION
 from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, JobRef, parse_spec
 
@@ -67,7 +68,7 @@ def make_pod(
     if annotation == "auto":
         annotation = device_annotation(index, devices)
     if annotation is not None:
-        annotations[naming.ASCEND_CONFIG_ANNOTATION] = annotation
+        annotations[CONFIG_ANNOTATION] = annotation
     status: dict[str, Any] = {"phase": phase}
     if pod_ip is not None:
         status["podIP"] = f"10.244.{index}.7" if pod_ip == "auto" else pod_ip

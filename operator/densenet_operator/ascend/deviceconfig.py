@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+CONFIG_ANNOTATION = "ascend.kubectl.kubernetes.io/ascend-910-configuration"  # on each pod
+
 MAX_ANNOTATION_BYTES = 16384  # a real one is well under 4 kB
 MAX_DEVICES = 64
 MAX_DEVICE_ID = 1023

@@ -67,7 +67,7 @@ def container_env(
     ]  # fmt: skip
     if scheduler_chooses_devices:
         # The device plugin then finds the pod's chips through this variable.
-        annotation = products.VOLCANO_DEVICES_ANNOTATION
+        annotation = products.SCHEDULED_DEVICES_ANNOTATION
         env.append(field_env(Env.ASCEND_VISIBLE_DEVICES, f"metadata.annotations['{annotation}']"))
     return env
 

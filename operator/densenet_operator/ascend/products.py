@@ -14,9 +14,9 @@ from densenet_contract import Env
 ProductName = Literal["910", "910b", "910b-16", "a3", "a3-superpod"]
 ACCELERATOR_TYPE_LABEL = "accelerator-type"
 RING_CONTROLLER_LABEL = "ring-controller.atlas"
-SUPER_POD_BLOCK_ANNOTATION = "sp-block"  # on the PodGroup (Volcano) and the job
 RANK_INDEX_ANNOTATION = "hccl/rankIndex"
-VOLCANO_DEVICES_ANNOTATION = "huawei.com/Ascend910"  # the chips Volcano chose for a pod
+# The chips a scheduler chose for a pod (Volcano's Ascend plugin): "Ascend910-0,Ascend910-1".
+SCHEDULED_DEVICES_ANNOTATION = "huawei.com/Ascend910"
 # The driver and its logs, mounted from the node into every Ascend container (ascend/pod.py).
 HOST_PATHS = {
     "ascend-driver": "/usr/local/Ascend/driver",
