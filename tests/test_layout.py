@@ -1,9 +1,12 @@
 """The layout's rules, checked: no import cycle in a package, no long function in operator/ or
-trainer/ (argparse tables excepted), and the operator's side imports no trainer and no torch."""
+trainer/ (argparse tables excepted), the operator's side imports no trainer and no torch, and
+each concern of the operator has one home (Ascend: ascend/, Volcano: volcano.py)."""
 
 from __future__ import annotations
 
 import ast
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,93 @@ def test_the_operator_side_never_imports_the_trainer_or_torch() -> None:
                     assert not any(
                         n.split(".")[0] in {"torch", "densenet_trainer"} for n in names
                     ), path
+
+
+# One home per concern: where a concern's strings and names may appear in the operator's code
+# (docstrings, comments and the prose of description= and help= arguments aside).
+# (concern, pattern, home: a module or a folder of densenet_operator, names checked too)
+HOMES = (
+    ("Ascend (huawei.com, HCCL)", re.compile(r"huawei\.com|hccl", re.I), "ascend/", True),
+    ("Volcano (its API group, its scheduler name)",
+     re.compile(r"scheduling\.volcano\.sh|^volcano$", re.I), "volcano.py", False),
+)  # fmt: skip
+PROSE_ARGUMENTS = ("description", "help")
+
+
+def _prose(tree: ast.AST) -> set[int]:
+    """The ids of the nodes that only describe: docstrings, and description=/help= values."""
+    prose: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                prose.add(id(first.value))
+        elif isinstance(node, ast.keyword) and node.arg in PROSE_ARGUMENTS:
+            prose.update(id(n) for n in ast.walk(node.value))
+    return prose
+
+
+def _words(source: str) -> Iterator[tuple[int, str, bool]]:
+    """(line, text, is a name) of each string constant and name in the code."""
+    tree = ast.parse(source)
+    prose = _prose(tree)
+    for node in ast.walk(tree):
+        if id(node) in prose:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value, False
+        elif isinstance(node, ast.Name):
+            yield node.lineno, node.id, True
+        elif isinstance(node, ast.Attribute):
+            yield node.lineno, node.attr, True
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            yield node.lineno, node.name, True
+        elif isinstance(node, ast.arg):
+            yield node.lineno, node.arg, True
+        elif isinstance(node, ast.alias):
+            yield node.lineno, node.asname or node.name, True
+
+
+def _misplaced(source: str, module: str) -> list[str]:
+    """What `source` (densenet_operator's `module`, e.g. "ascend/pod.py") holds of a concern
+    whose home it is not."""
+    found = []
+    for concern, pattern, home, names in HOMES:
+        if module == home or (home.endswith("/") and module.startswith(home)):
+            continue
+        found += [f"{module}:{line}: {text!r} is {concern}'s, at home in {home}"
+                  for line, text, is_name in _words(source)
+                  if (names or not is_name) and pattern.search(text)]  # fmt: skip
+    return found
+
+
+def test_each_concern_has_one_home() -> None:
+    package = PACKAGES[1]
+    found = [
+        problem
+        for path in _sources(package)
+        for problem in _misplaced(
+            path.read_text(encoding="utf-8"), path.relative_to(package).as_posix()
+        )
+    ]
+    assert found == []
+
+
+def test_the_home_rule_finds_a_stray() -> None:
+    source = '''"""Docstrings may say HCCL and huawei.com."""
+import densenet_operator.volcano as volcano  # a module's name is not its scheduler name
+HCCL_ENV = {"x": "y"}
+RESOURCE = "huawei.com/Ascend910"
+field(description="prose may name HCCL")
+spec = {"schedulerName": "volcano", "group": "scheduling.volcano.sh/v1beta1"}
+'''
+    assert [p.split(": ", 1)[0] for p in _misplaced(source, "pods.py")] == [
+        "pods.py:3", "pods.py:4", "pods.py:6", "pods.py:6"
+    ]  # fmt: skip
+    assert [p.split(": ", 1)[0] for p in _misplaced(source, "ascend/pod.py")] == [
+        "ascend/pod.py:6", "ascend/pod.py:6"
+    ]  # fmt: skip
+    assert _misplaced(source, "volcano.py") == [
+        "volcano.py:3: 'HCCL_ENV' is Ascend (huawei.com, HCCL)'s, at home in ascend/",
+        "volcano.py:4: 'huawei.com/Ascend910' is Ascend (huawei.com, HCCL)'s, at home in ascend/",
+    ]
