@@ -129,24 +129,6 @@ def test_trainer_role_is_limited_to_its_own_job():
     ]
 
 
-def test_volcano_pod_group_asks_for_the_whole_gang():
-    from densenet_operator import volcano
-
-    job = make_job(
-        replicas=4,
-        scheduling={"schedulerName": "volcano", "queue": "npu", "priorityClassName": "high"},
-    )
-    group = volcano.build_pod_group(job)
-    assert group["apiVersion"] == "scheduling.volcano.sh/v1beta1"
-    assert group["metadata"]["name"] == "dn161"
-    assert group["spec"] == {
-        "minMember": 4,
-        "minResources": {"huawei.com/Ascend910": "32"},
-        "queue": "npu",
-        "priorityClassName": "high",
-    }
-
-
 def test_a_recipe_seed_reaches_the_trainer_and_is_left_out_when_unset():
     seeded = pods.build_pod(make_job(recipe={"seed": 7}), 0)["spec"]["containers"][0]["args"]
     assert seeded[seeded.index("--seed") + 1] == "7"
