@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.operator.ascend.test_ascend import MATRIX
+from tests.operator.ascend.test_products import MATRIX
 from tests.operator.test_overrides import TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]

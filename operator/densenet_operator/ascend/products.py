@@ -1,7 +1,9 @@
 """The Ascend systems a job can target, as Huawei's stack knows them (MindCluster's
 ascend-for-volcano `internal/npu/`, ascend-operator `pkg/ranktable`; see ../shared/REFERENCE.md,
 "Ascend in 2026"). One row per product: the node label Volcano's Ascend plugin selects by, the
-chips a pod may ask for, and the rank-table version HCCL needs.
+chips a pod may ask for, and the rank-table version HCCL needs. Beside them, the names and paths
+of Huawei's stack that the pods carry (labels, annotations, the driver's host paths, the
+variables the operator sets), which podtemplate.py's rules and ascend/pod.py read.
 """
 
 from __future__ import annotations
