@@ -1,4 +1,9 @@
-"""The worker pods: one per replica, each running `densenet-train launch` on its devices."""
+"""The worker pods: one per replica, each running `densenet-train launch` on its devices.
+
+Device- and scheduler-neutral: what the job's device adds (ascend/pod.py; cpu and cuda add only
+their resource, podresources.py) and what its gang backend adds (gang.py, backends.py) arrive as
+PodAdditions (podadditions.py), merged here in that order.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +63,8 @@ def trainer_env(
 def _volumes_and_mounts(
     spec: TrainingSpec, job_name: str, device: PodAdditions
 ) -> tuple[list[dict], list[dict]]:
+    # Every pod mounts the job's rank-table ConfigMap, which every job has; off Ascend no
+    # RANK_TABLE_FILE points at it (its status is "not required").
     volumes: list[dict[str, Any]] = [
         {
             "name": "rank-table",
