@@ -308,7 +308,7 @@ def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     ctx.rules.check(values, REDUCE, "all_reduce_sum")
     reduced = values.detach().clone().to(ctx.device)
     if ctx.distributed:
-        _all_reduce(reduced, dist.ReduceOp.SUM, ctx)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced
 
 
