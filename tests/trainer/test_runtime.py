@@ -26,7 +26,10 @@ def test_cuda_names_the_runtime_the_driver_and_the_gpu() -> None:
     assert torch.cuda.get_device_name() in line
 
 
-@pytest.mark.skip(reason="needs an Ascend NPU with torch_npu and CANN (docs/ascend.md)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch_npu") is None,
+    reason="needs an Ascend NPU with torch_npu and CANN (docs/ascend.md)",
+)
 def test_npu_names_torch_npu_cann_hccl_and_the_soc() -> None:
     line = describe_runtime("npu")
     assert all(f"{name} unknown" not in line for name in ("torch_npu", "CANN", "HCCL", "SoC"))
