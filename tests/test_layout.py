@@ -132,14 +132,20 @@ HOMES = (
     ("Ascend (huawei.com, HCCL)", re.compile(r"huawei\.com|hccl", re.I), "ascend/", True),
     ("Volcano (its API group, its scheduler name)",
      re.compile(r"scheduling\.volcano\.sh|^volcano$", re.I), "volcano.py", False),
+    ("native gang scheduling (scheduling.k8s.io Workloads and PodGroups)",
+     re.compile(r"^scheduling\.k8s\.io(/v1\w*)?$|^PodGroupInitiallyScheduled$"), "native.py",
+     False),
 )  # fmt: skip
 PROSE_ARGUMENTS = ("description", "help")
 
 
 def _prose(tree: ast.AST) -> set[int]:
-    """The ids of the nodes that only describe: docstrings, and description=/help= values."""
+    """The ids of the nodes that only describe: docstrings, description=/help= values, and the
+    values of a Literal type (the spec's vocabulary, e.g. `gang: auto | native | volcano`)."""
     prose: set[int] = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "Literal":
+            prose.update(id(n) for n in ast.walk(node.slice))
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             first = node.body[0] if node.body else None
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
@@ -202,6 +208,7 @@ HCCL_ENV = {"x": "y"}
 RESOURCE = "huawei.com/Ascend910"
 field(description="prose may name HCCL")
 spec = {"schedulerName": "volcano", "group": "scheduling.volcano.sh/v1beta1"}
+Gang = Literal["volcano", "native"]  # a spec's vocabulary may name a backend
 '''
     assert [p.split(": ", 1)[0] for p in _misplaced(source, "pods.py")] == [
         "pods.py:3", "pods.py:4", "pods.py:6", "pods.py:6"

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from densenet_operator.ascend import ranktable
+from densenet_operator.gang import GangState
 from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
 from densenet_operator.status import (
     FAILED,
+    GANG_SCHEDULED,
     RESTARTING,
     SUCCEEDED,
     format_time,
@@ -93,6 +95,7 @@ class Draft:
     plan: Plan = field(init=False)
     count_pods: bool = True  # a finished job's status keeps the counts it finished with
     training: dict[str, Any] = field(default_factory=dict)  # the trainer's report, read only
+    gang_state: GangState | None = None  # the gang scheduler's word on the current gang
 
     def __post_init__(self) -> None:
         self.plan = Plan(status=self.status)
@@ -148,6 +151,16 @@ class Draft:
     def current(self) -> list[PodRecord]:
         """The live pods of the current gang."""
         return [p for p in self.live if p.gang == self.gang]
+
+    @property
+    def disrupted(self) -> list[PodRecord]:
+        """Pods of the current gang being deleted with a DisruptionTarget condition (the
+        scheduler preempting, an eviction): the control plane ends them, not the operator."""
+        return [
+            p for p in self.pods
+            if p.terminating and p.disruption and p.owner_uid == self.job.ref.uid
+            and p.gang == self.gang
+        ]  # fmt: skip
 
     @property
     def by_index(self) -> dict[int, PodRecord]:
@@ -225,6 +238,8 @@ def restart_gang(draft: Draft, failure: Failure) -> None:
     draft.transition(RESTARTING, "GangRestart", f"{failure.describe()}: restarting all "
                      f"{replicas} pod(s), {count}", "Warning")  # fmt: skip
     draft.plan.delete = [p.name for p in draft.live]
+    # The next generation is a new group: what the scheduler said of this one is history.
+    draft.conditions = [c for c in draft.conditions if c.get("type") != GANG_SCHEDULED]
     draft.reset_rank_table()
     draft.status["pods"] = pod_counts(counted)
     draft.count_pods = False

@@ -1,11 +1,13 @@
 """Gang scheduling: one small interface between the operator and whatever makes a job's pods
 start all together or not at all (a half-placed gang holds its devices and waits forever).
 
-Each backend is a module of its own (`volcano.py`; `native` and `kueue` would be two more) and
-`backends.py` picks a job's. The reconciler asks the job's backend for its `children` (made
-with the job's other children, before any pod) and `pods.py` for its `pod_additions` (the
-scheduler, labels, annotations). `NONE` is no gang: the pods go to the scheduler the user
-named, or the default one.
+Each backend is a module of its own (`native.py`, `volcano.py`) and `backends.py` picks a
+job's. The reconciler asks the job's backend for its `children` (made once, with the job's
+other children, before any pod), its `gang_children` (made before each gang generation's pods;
+the previous generation's `retired_children` are then deleted) and where the scheduler's word
+on a generation is (`state_of`, read by `read_state`); `pods.py` asks for its `pod_additions`
+(the scheduler, the pod group, labels, annotations). `NONE` is no gang: the pods go to the
+scheduler the user named, or the default one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ class CustomKind:
     plural: str
     missing: str  # the job's error when the API server does not serve it, and what to do
 
+    @property
+    def resource(self) -> str:
+        """group/version/plural: how discovery names it (backends.discover)."""
+        return f"{self.group}/{self.version}/{self.plural}"
+
+
+@dataclass(frozen=True)
+class GangState:
+    """What the scheduler says of a gang generation: placed, or why not (yet)."""
+
+    scheduled: bool
+    reason: str
+    message: str
+
 
 class GangBackend(Protocol):
     @property
@@ -42,17 +58,55 @@ class GangBackend(Protocol):
         """The custom kinds of its children, by kind."""
         ...
 
-    def wanted_by(self, spec: TrainingSpec) -> bool: ...
+    def wanted_by(self, spec: TrainingSpec) -> bool:
+        """Whether the job's (resolved) spec.scheduling.gang names this backend."""
+        ...
+
+    def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
+        """The schedulerName values (None: unset) for which `gang: auto` means this backend,
+        given the custom resources the cluster serves (CustomKind.resource)."""
+        ...
 
     def children(self, job: Job) -> list[dict[str, Any]]:
         """Objects made with the job's other children (owned by the job), before any pod."""
         ...
 
-    def pod_additions(self, job: Job, index: int) -> PodAdditions: ...
+    def gang_children(self, job: Job, gang: int) -> list[dict[str, Any]]:
+        """Objects made before the pods of gang generation `gang`."""
+        ...
+
+    def retired_children(self, job: Job, gang: int) -> list[tuple[CustomKind, str]]:
+        """(kind, name) of generation `gang`'s objects, deleted once a newer one is made."""
+        ...
+
+    def state_of(self, job: Job, gang: int) -> tuple[CustomKind, str] | None:
+        """The object whose status says whether generation `gang` is placed, if any."""
+        ...
+
+    def read_state(self, child: Mapping[str, Any] | None) -> GangState | None: ...
+
+    def pod_additions(self, job: Job, index: int, gang: int) -> PodAdditions: ...
+
+
+class PerJobChildren:
+    """A backend whose children are made once per job: nothing per generation to make, delete
+    or read."""
+
+    def gang_children(self, job: Job, gang: int) -> list[dict[str, Any]]:
+        return []
+
+    def retired_children(self, job: Job, gang: int) -> list[tuple[CustomKind, str]]:
+        return []
+
+    def state_of(self, job: Job, gang: int) -> tuple[CustomKind, str] | None:
+        return None
+
+    def read_state(self, child: Mapping[str, Any] | None) -> GangState | None:
+        return None
 
 
 @dataclass(frozen=True)
-class NoGang:
+class NoGang(PerJobChildren):
     name: str = "none"
     chooses_devices: bool = False
     kinds: Mapping[str, CustomKind] = field(default_factory=dict)
@@ -60,10 +114,13 @@ class NoGang:
     def wanted_by(self, spec: TrainingSpec) -> bool:
         return True
 
+    def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
+        return ()
+
     def children(self, job: Job) -> list[dict[str, Any]]:
         return []
 
-    def pod_additions(self, job: Job, index: int) -> PodAdditions:
+    def pod_additions(self, job: Job, index: int, gang: int) -> PodAdditions:
         return PodAdditions(scheduler_name=job.spec.scheduling.scheduler_name)
 
 

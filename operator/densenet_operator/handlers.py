@@ -10,7 +10,7 @@ from typing import Any, cast
 import kopf
 
 from densenet_contract import GROUP, PLURAL, VERSION
-from densenet_operator import naming
+from densenet_operator import backends, naming
 from densenet_operator.apiclient import build_api_client
 from densenet_operator.children import job_owner
 from densenet_operator.diffbase import NoDiffBase
@@ -50,6 +50,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     defaults = TrainerDefaults.from_env(os.environ)
     log.info("%s", defaults.describe())  # which image pair each product gets, for a first run
     reconciler = Reconciler(api=api, defaults=defaults, record=_record)
+    served = await reconciler.discover_gangs()
+    log.info("gang: auto means %s (served: %s)", reconciler.defaults.auto_gangs or "none",
+             ", ".join(sorted(served)) or "no gang API")  # fmt: skip
 
     async def run_pass(key: Key, body: Mapping[str, Any]) -> tuple[Any, float | None]:
         try:
@@ -123,10 +126,26 @@ async def child_changed(
     memo.job_tasks.poke((namespace or "", owner.get("name", "")))
 
 
+async def gang_child_changed(
+    event: kopf.RawEvent, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """A gang backend's object changed (the scheduler's word on a PodGroup) or went: the job
+    looks again at once. Where the cluster does not serve the kind, kopf only warns."""
+    owner = job_owner(body)
+    if owner is None:
+        return
+    if event.get("type") == "DELETED":
+        memo.reconciler.ensured.discard(owner.get("uid"))
+    memo.job_tasks.poke((namespace or "", owner.get("name", "")))
+
+
 MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGER}
 for _group, _version, _plural in CHILD_RESOURCES:
     # async on purpose, as pod_changed; one handler, registered for each kind.
     kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child-{_plural}")(child_changed)
+for _kind in backends.CUSTOM_KINDS.values():
+    kopf.on.event(_kind.group, _kind.version, _kind.plural, labels=MANAGED,
+                  id=f"gang-{_kind.group}-{_kind.plural}")(gang_child_changed)  # fmt: skip
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

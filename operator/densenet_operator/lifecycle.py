@@ -40,12 +40,14 @@ from densenet_operator.draft import (
     pods_to_clean,
     restart_gang,
 )
+from densenet_operator.gang import GangState
 from densenet_operator.podrecord import PENDING, PodRecord
 from densenet_operator.spec import Job, RunPolicy
 from densenet_operator.stall import stalled
 from densenet_operator.status import (
     FAILED,
     FINISHED,
+    GANG_SCHEDULED,
     RANK_TABLE_READY,
     RESTARTING,
     RUNNING,
@@ -193,6 +195,9 @@ def deadline(draft: Draft) -> bool:
 
 def _current_failures(draft: Draft) -> list[Failure]:
     failed = [p for p in sorted(draft.current, key=by_replica_index) if p.phase == FAILED]
+    # A pod the control plane is ending (scheduler preemption, eviction: DisruptionTarget)
+    # is a disruption as soon as it is marked, named by why, not a vanished pod later.
+    failed += [p for p in sorted(draft.disrupted, key=by_replica_index) if p.phase != FAILED]
     failures = [classify_failure(p, draft.policy) for p in failed]
     # A missing pod is a loss only once the whole gang has been seen running; before that it
     # is still to be created (e.g. by an operator that was killed mid-creation).
@@ -265,8 +270,15 @@ def converge_gang(draft: Draft) -> bool:
 
 
 def running_phase(draft: Draft) -> bool:
-    """Running once every pod of the gang runs; otherwise why it is still waiting."""
+    """Running once every pod of the gang runs; otherwise why it is still waiting (the gang
+    scheduler's word on the whole gang, when it has one)."""
     by_index, replicas = draft.by_index, draft.job.spec.replicas
+    if (gang_state := draft.gang_state) is not None:
+        draft.conditions = set_condition(
+            draft.conditions, GANG_SCHEDULED, gang_state.scheduled, gang_state.reason or
+            ("Scheduled" if gang_state.scheduled else "Unschedulable"),
+            cut(gang_state.message, MAX_MESSAGE_CHARS), draft.now,
+        )  # fmt: skip
     if len(by_index) == replicas and all(
         p.phase in (RUNNING, SUCCEEDED) for p in by_index.values()
     ):
@@ -277,7 +289,11 @@ def running_phase(draft: Draft) -> bool:
             draft.transition(RUNNING, "AllPodsRunning", f"all {replicas} pod(s) are running")
         return False
     unschedulable = [p for p in draft.current if p.unschedulable]
-    if unschedulable:
+    if unschedulable and gang_state is not None and not gang_state.scheduled:
+        # The group's word says why the whole gang waits; a pod's only says "the group".
+        reason = "GangUnschedulable"
+        message = f"gang {draft.gang} ({len(draft.current)} pod(s)): {gang_state.message}"
+    elif unschedulable:
         reason, message = (
             "Unschedulable",
             f"{unschedulable[0].name}: {unschedulable[0].unschedulable}",
@@ -352,9 +368,12 @@ def plan(
     pods: Sequence[PodRecord],
     now: dt.datetime,
     published_table: str | None = None,
+    gang_state: GangState | None = None,
 ) -> Plan:
-    """What to do next for `job`, given its last `status`, its `pods` and the published table."""
+    """What to do next for `job`, given its last `status`, its `pods`, the published table and
+    what the gang scheduler says of the current gang (gang.py), if it says anything."""
     draft = Draft.start(job, status, pods, now, published_table)
+    draft.gang_state = gang_state
     for step in STEPS:
         if step(draft):
             break

@@ -21,6 +21,7 @@ class PodAdditions:
     mounts: tuple[dict[str, Any], ...] = ()  # ... and their mounts in the trainer container
     node_selector: Mapping[str, str] = field(default_factory=dict)  # the user's keys win
     scheduler_name: str | None = None
+    scheduling_group: str | None = None  # the pod's spec.schedulingGroup.podGroupName
     # None: the operator's restricted defaults (podsecurity.py).
     pod_security_context: Mapping[str, Any] | None = None
     container_security_context: Mapping[str, Any] | None = None

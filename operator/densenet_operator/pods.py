@@ -143,6 +143,8 @@ def _scheduling(
         pod_spec["affinity"] = scheduling.affinity
     if scheduler := next((p.scheduler_name for p in parts if p.scheduler_name), None):
         pod_spec["schedulerName"] = scheduler
+    if group := next((p.scheduling_group for p in parts if p.scheduling_group), None):
+        pod_spec["schedulingGroup"] = {"podGroupName": group}
     if scheduling.priority_class_name:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
 
@@ -156,7 +158,7 @@ def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) 
     spec = job.spec
     backend = backends.backend_for(spec)
     device = device_additions(job, index, run_as, backend)
-    parts = (device, backend.pod_additions(job, index))
+    parts = (device, backend.pod_additions(job, index, gang))
     name = naming.pod_name(job.ref.name, index)
     volumes, mounts = _volumes_and_mounts(spec, job.ref.name, device)
     pod_spec: dict[str, Any] = {

@@ -9,6 +9,7 @@ correctly from what the API server holds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -33,12 +34,15 @@ from densenet_operator import (
 from densenet_operator.ascend import ranktable
 from densenet_operator.children import ChildConflict, ChildReplaced
 from densenet_operator.expectations import PodExpectations
+from densenet_operator.gang import CustomKind, GangBackend, GangState
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, ParsedJobs, SpecError
 from densenet_operator.status import (
     FAILED,
+    FINISHED,
+    GANG_SCHEDULED,
     format_time,
     now_utc,
     set_condition,
@@ -64,14 +68,27 @@ CHILD_VERBS = ("create", "read", "delete")
 EventSink = Callable[[Mapping[str, Any], lifecycle.Event], None]
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) turning `old` into `new`: nested objects are patched key
+    by key, so a key gone from one of them (e.g. rankTable.ranks) must become null too."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            if nested := merge_patch(before, value):
+                patch[key] = nested
+        elif before != value or key not in old:
+            patch[key] = value
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
     """A merge patch turning `old` into `new` (keys gone from `new` become null), or None.
 
     The trainer's `training` block is never touched."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    for key in old:
-        if key not in new and key != "training":
-            patch[key] = None
+    patch = merge_patch({k: v for k, v in old.items() if k != "training"},
+                        {k: v for k, v in new.items() if k != "training"})  # fmt: skip
     return patch or None
 
 
@@ -120,28 +137,44 @@ class Reconciler:
             raise ApiException(status=response.status, reason=f"{response.reason}: {body[:500]!r}")
         return json.loads(body) if body else None
 
-    def _child_api(self, kind: str) -> tuple[Callable[..., Any], ...]:
-        """(create(ns, body), read(name, ns), delete(name, ns)) of a child kind."""
-        if kind in backends.CUSTOM_KINDS:  # a gang backend's (gang.py)
-            made = backends.CUSTOM_KINDS[kind]
-            where, plural = (made.group, made.version), made.plural
-            custom = self.custom
-            return (
-                lambda ns, body, **kw: custom.create_namespaced_custom_object(
-                    *where, ns, plural, body, **kw),
-                lambda name, ns, **kw: custom.get_namespaced_custom_object(
-                    *where, ns, plural, name, **kw),
-                lambda name, ns, **kw: custom.delete_namespaced_custom_object(
-                    *where, ns, plural, name, **kw),
-            )  # fmt: skip
+    async def discover_gangs(self) -> frozenset[str]:
+        """Which gang backends' APIs the cluster serves: `gang: auto` follows (settings.py)."""
+
+        async def get(group: str, version: str) -> Any:
+            return await self._call(self.custom.get_api_resources, group, version, ok=(404,))
+
+        served = await backends.discover(get)
+        self.defaults = dataclasses.replace(self.defaults, auto_gangs=backends.auto_gangs(served))
+        self.jobs = ParsedJobs(self.defaults)
+        return served
+
+    def _custom_api(self, made: CustomKind) -> tuple[Callable[..., Any], ...]:
+        """(create(ns, body), read(name, ns), delete(name, ns)) of a gang backend's kind."""
+        where, plural, custom = (made.group, made.version), made.plural, self.custom
+        return (
+            lambda ns, body, **kw: custom.create_namespaced_custom_object(
+                *where, ns, plural, body, **kw),
+            lambda name, ns, **kw: custom.get_namespaced_custom_object(
+                *where, ns, plural, name, **kw),
+            lambda name, ns, **kw: custom.delete_namespaced_custom_object(
+                *where, ns, plural, name, **kw),
+        )  # fmt: skip
+
+    def _child_api(self, body: Mapping[str, Any]) -> tuple[Callable[..., Any], ...]:
+        """(create(ns, body), read(name, ns), delete(name, ns)) of a child's kind."""
+        kind = body["kind"]
+        made = backends.CUSTOM_KINDS.get((body.get("apiVersion", ""), kind))
+        if made is not None:  # a gang backend's (gang.py)
+            return self._custom_api(made)
         api_name, noun = CHILD_APIS[kind]
         api = {"core": self.core, "rbac": self.rbac, "networking": self.networking}[api_name]
         return tuple(getattr(api, f"{verb}_namespaced_{noun}") for verb in CHILD_VERBS)
 
-    async def ensure(self, job: Job, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def ensure(self, job: Job, body: dict[str, Any]) -> dict[str, Any]:
         """`body` created, or the existing object of that name when it is this job's own.
         Raises ChildReplaced (a deleted job's object, now deleted) or ChildConflict."""
-        create, read, delete = self._child_api(kind)
+        create, read, delete = self._child_api(body)
+        kind = body["kind"]
         ns, name = job.ref.namespace, body["metadata"]["name"]
         created = await self._call(create, ns, body, ok=(409,))
         if created is not None:
@@ -166,19 +199,20 @@ class Reconciler:
             return
         ref = job.ref
         first = [
-            self.ensure(job, "Service", service.build_service(ref, job.spec.network.master_port)),
-            self.ensure(job, "ServiceAccount", rbac.build_service_account(ref)),
-            self.ensure(job, "Role", rbac.build_role(ref)),
+            self.ensure(job, service.build_service(ref, job.spec.network.master_port)),
+            self.ensure(job, rbac.build_service_account(ref)),
+            self.ensure(job, rbac.build_role(ref)),
         ]
         if job.spec.network.policy.enabled:
             policy = networkpolicy.build_network_policy(job)
-            first.append(self.ensure(job, "NetworkPolicy", policy))
+            first.append(self.ensure(job, policy))
         await asyncio.gather(*first)
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
-        await self.ensure(job, "RoleBinding", rbac.build_role_binding(ref))
-        await self._ensure_gang(job)
+        await self.ensure(job, rbac.build_role_binding(ref))
+        backend = backends.backend_for(job.spec)
+        await self._ensure_gang(job, backend, backend.children(job))
         configmap = await self.ensure(
-            job, "ConfigMap", ranktable.build_configmap(ref, ranktable.initial_content(job.spec))
+            job, ranktable.build_configmap(ref, ranktable.initial_content(job.spec))
         )
         self.tables[ref.uid] = (configmap.get("data") or {}).get(RANK_TABLE_KEY, "")
         self.ensured.add(ref.uid)
@@ -203,17 +237,46 @@ class Reconciler:
                                   restart_cause=None)  # fmt: skip
         return patched
 
-    async def _ensure_gang(self, job: Job) -> None:
-        """The children of the job's gang backend (Volcano's PodGroup), before any pod."""
-        backend = backends.backend_for(job.spec)
-        for child in backend.children(job):
-            kind = child["kind"]
+    async def _ensure_gang(
+        self, job: Job, backend: GangBackend, made: list[dict[str, Any]]
+    ) -> None:
+        """A gang backend's children (its once-per-job ones, or a generation's), each this
+        job's own, before the pods that need them."""
+        for child in made:
             try:
-                await self.ensure(job, kind, child)
+                await self.ensure(job, child)
             except ApiException as error:
                 if error.status == 404:
-                    raise RuntimeError(backend.kinds[kind].missing) from None
+                    raise RuntimeError(backend.kinds[child["kind"]].missing) from None
                 raise
+
+    async def _gang_state(self, job: Job, status: Mapping[str, Any],
+                          records: list[PodRecord]) -> GangState | None:  # fmt: skip
+        """What the scheduler says of the current gang, read until it says "placed" (which
+        it never takes back); its pods' events wake these passes, no watch of its objects."""
+        backend = backends.backend_for(job.spec)
+        gang = int(status.get("restarts") or 0)
+        where = backend.state_of(job, gang)
+        placed = any(c.get("type") == GANG_SCHEDULED and c.get("status") == "True"
+                     for c in status.get("conditions") or ())  # fmt: skip
+        pods = any(r.gang == gang and not r.terminating for r in records)
+        if where is None or placed or not pods or status.get("phase") in FINISHED:
+            return None
+        made, name = where
+        child = await self._call(self._custom_api(made)[1], name, job.ref.namespace, ok=(404,))
+        if child is None or children.ownership(child, job.ref) != children.OURS:
+            return None
+        return backend.read_state(child)
+
+    async def _ensure_gang_generation(self, job: Job, gang: int) -> None:
+        """The objects generation `gang` needs (a native PodGroup), and the previous
+        generation's deleted (their pods are already being deleted)."""
+        backend = backends.backend_for(job.spec)
+        await self._ensure_gang(job, backend, backend.gang_children(job, gang))
+        if gang == 0:
+            return
+        for made, name in backend.retired_children(job, gang - 1):
+            await self._call(self._custom_api(made)[2], name, job.ref.namespace, ok=(404,))
 
     def forget(self, uid: str) -> None:
         self.ensured.discard(uid)
@@ -307,7 +370,10 @@ class Reconciler:
         records = self.expected.with_expected(job.ref.uid, records)
         old_status = dict(body.get("status") or {})
         believed = self._believed_status(job, body)
-        plan = lifecycle.plan(job, believed, records, now_utc(), self.tables.get(job.ref.uid))
+        gang_state = await self._gang_state(job, believed, records)
+        plan = lifecycle.plan(
+            job, believed, records, now_utc(), self.tables.get(job.ref.uid), gang_state
+        )
         log.debug(
             "%s/%s: %d pod(s) seen; phase %s; create %s; delete %s; table %s",
             job.ref.namespace, job.ref.name, len(records), plan.status.get("phase"), plan.create,
@@ -375,11 +441,13 @@ class Reconciler:
         uids = {r.name: r.uid for r in records}
         for pod in plan.delete:
             self.expected.deleted(job.ref.uid, pod)
+        if plan.create:
+            await self._ensure_gang_generation(job, gang)
         results = await asyncio.gather(
             *(self._call(self.core.delete_namespaced_pod, pod, ns, ok=(404, 409),
                          body={"preconditions": {"uid": uids.get(pod)}})
               for pod in plan.delete),
-            *(self.ensure(job, "Pod", pods.build_pod(job, index, gang=gang,
+            *(self.ensure(job, pods.build_pod(job, index, gang=gang,
                                                      run_as=self.defaults.ascend_run_as))
               for index in plan.create),
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """What the operator fills in for a job that does not say: its trainer image (one per Ascend
-family, one for cpu and cuda), whether its rank table carries `host_ip`, and the user its
-Ascend pods run as. Read once from the environment the chart sets (handlers.py); everything
-else takes the typed value.
+family, one for cpu and cuda), whether its rank table carries `host_ip`, the user its Ascend
+pods run as (read once from the environment the chart sets, handlers.py) and its gang backend
+(discovered from the cluster). Everything else takes the typed value.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class TrainerDefaults:
     ascend_images: Mapping[str, str] = field(default_factory=dict)
     rank_table_host_ip: bool | None = None
     ascend_run_as: RunAs = field(default_factory=RunAs)
+    # What `scheduling.gang: auto` means, by schedulerName (None: unset); not listed: none.
+    # Discovered from the cluster at start (backends.auto_gangs), not read from the env.
+    auto_gangs: Mapping[str | None, str] = field(default_factory=dict)
 
     def image_for(self, device_type: str, product: str) -> str:
         """The image of a job without spec.image: its Ascend family's, else the plain one."""

@@ -213,8 +213,20 @@ class RunPolicy:
     )
 
 
+GangMode = Literal["auto", "native", "volcano", "none"]
+
+
 @dataclass(frozen=True)
 class Scheduling:
+    gang: GangMode = spec_field(
+        "auto",
+        description="How the pods start all together or not at all: native (Kubernetes "
+        "1.37+ Workload and PodGroups, kube-scheduler's GangScheduling), volcano (a Volcano "
+        "PodGroup; the pods go to the volcano scheduler, whatever schedulerName says) or none. auto: volcano when "
+        "schedulerName is volcano, else native where the cluster serves scheduling.k8s.io/"
+        "v1beta1 and the pods go to the default scheduler, else none.",
+        immutable=_immutable("scheduling.gang", "the job's gang objects are made once"),
+    )
     node_selector: dict[str, str] = spec_field({})
     tolerations: tuple[dict[str, Any], ...] = spec_field(
         (), schema={"type": "array", "items": FREE_FORM}
@@ -378,7 +390,8 @@ class Job:
 def parse_spec(body: dict[str, Any], *, defaults: TrainerDefaults) -> TrainingSpec:
     """A DenseNetTraining spec (as served, or not yet defaulted) as a TrainingSpec, with the
     defaults only the operator knows: the trainer image and rank-table host_ip for the job's
-    device and product (`defaults`), and mixed precision by device."""
+    device and product, the gang backend `gang: auto` means on this cluster (`defaults`), and
+    mixed precision by device."""
     spec: TrainingSpec = parse(TrainingSpec, body, "spec")
     recipe = spec.recipe
     if recipe.mixed_precision is None:
@@ -386,11 +399,17 @@ def parse_spec(body: dict[str, Any], *, defaults: TrainerDefaults) -> TrainingSp
         recipe = dataclasses.replace(recipe, mixed_precision=spec.device.type != "cpu")
     product = spec.device.ascend.product
     image = spec.image or defaults.image_for(spec.device.type, product)
+    scheduling = spec.scheduling
+    if scheduling.gang == "auto":
+        gang = defaults.auto_gangs.get(scheduling.scheduler_name, "none")
+        scheduling = dataclasses.replace(scheduling, gang=gang)  # type: ignore[arg-type]
     rank_table = spec.rank_table
     if rank_table.host_ip is None:
         host_ip = defaults.rank_table_host_ip_for(product)
         rank_table = dataclasses.replace(rank_table, host_ip=host_ip)
-    return dataclasses.replace(spec, image=image, recipe=recipe, rank_table=rank_table)
+    return dataclasses.replace(
+        spec, image=image, recipe=recipe, rank_table=rank_table, scheduling=scheduling
+    )
 
 
 def parse_job(body: dict[str, Any], *, defaults: TrainerDefaults) -> Job:

@@ -14,6 +14,7 @@ FINISHED = (SUCCEEDED, FAILED)
 # Each phase has a condition of the same name; the current phase's is True, the others False.
 PHASE_CONDITIONS = (PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 RANK_TABLE_READY = "RankTableReady"
+GANG_SCHEDULED = "GangScheduled"  # the gang scheduler's word on the current gang (gang.py)
 
 
 def now_utc() -> dt.datetime:

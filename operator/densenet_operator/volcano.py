@@ -1,8 +1,8 @@
 """Volcano gang scheduling: a PodGroup with minMember = replicas, so that a job gets all of its
 servers or none (no half-placed gang holding NPUs while it waits).
 
-A job is Volcano's when `spec.scheduling.schedulerName` is `volcano`: its pods go to that
-scheduler and name their PodGroup, whose queue and priority class are the job's. Volcano's
+A job is Volcano's when `spec.scheduling.gang` is `volcano` (`auto` with `schedulerName:
+volcano` resolves to it): its pods go to that scheduler and name their PodGroup, whose queue and priority class are the job's. Volcano's
 Ascend plugin chooses each pod's chips itself (`chooses_devices`), and its A3 super-pod plugin
 reads the logical super-pod size (`sp-block`) from the PodGroup.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from densenet_operator import naming
-from densenet_operator.gang import CustomKind
+from densenet_operator.gang import CustomKind, PerJobChildren
 from densenet_operator.podadditions import PodAdditions
 from densenet_operator.spec import Job, TrainingSpec
 
@@ -56,18 +56,22 @@ def build_pod_group(job: Job) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class VolcanoGang:
+class VolcanoGang(PerJobChildren):
     name: str = SCHEDULER
     chooses_devices: bool = True  # Volcano's Ascend plugin picks the chips
     kinds: Mapping[str, CustomKind] = field(default_factory=lambda: {"PodGroup": POD_GROUP})
 
     def wanted_by(self, spec: TrainingSpec) -> bool:
-        return spec.scheduling.scheduler_name == SCHEDULER
+        return spec.scheduling.gang == SCHEDULER
+
+    def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
+        # Whether or not Volcano is installed: without it, the job says what to install.
+        return (SCHEDULER,)
 
     def children(self, job: Job) -> list[dict[str, Any]]:
         return [build_pod_group(job)]
 
-    def pod_additions(self, job: Job, index: int) -> PodAdditions:
+    def pod_additions(self, job: Job, index: int, gang: int) -> PodAdditions:
         return PodAdditions(
             annotations={GROUP_ANNOTATION: naming.pod_group_name(job.ref.name)},
             scheduler_name=SCHEDULER,

@@ -33,7 +33,7 @@ from testsupport import (
 )
 
 from densenet_contract import CRD_NAME, GROUP, PLURAL, cann
-from densenet_operator import admission, rbac, reconcile, volcano
+from densenet_operator import admission, backends, native, rbac, reconcile, volcano
 from densenet_operator.handlers import CHILD_RESOURCES
 from densenet_operator.settings import PROJECT_VERSION, RunAs, SettingsEnv, TrainerDefaults
 from densenet_operator.spec import JobRef
@@ -557,8 +557,8 @@ EXPECTED_GRANTS = {
       for verb in ("get", "list", "watch", "create", "delete")),
     ("", "configmaps", "patch"),
     ("", "events", "create"),
-    (volcano.GROUP, volcano.PLURAL, "get"), (volcano.GROUP, volcano.PLURAL, "create"),
-    (volcano.GROUP, volcano.PLURAL, "delete"),
+    *((kind.group, kind.plural, verb) for kind in (volcano.POD_GROUP, *native.BACKEND.kinds.values())
+      for verb in ("get", "list", "watch", "create", "delete")),
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
 }  # fmt: skip
@@ -602,6 +602,10 @@ def test_cluster_role_covers_every_api_call_of_the_reconciler() -> None:
                    for verb in reconcile.CHILD_VERBS}  # fmt: skip
     for group, _, plural in CHILD_RESOURCES:
         needed |= {(group, plural, "list"), (group, plural, "watch")}
+    # The gang backends' kinds: made, read, deleted (reconcile.py) and watched (handlers.py).
+    for kind in backends.CUSTOM_KINDS.values():
+        needed |= {(kind.group, kind.plural, verb)
+                   for verb in ("get", "create", "delete", "list", "watch")}  # fmt: skip
     granted = role_rules(render())
     for group, resource, verb in sorted(needed):
         assert allows(granted, group, resource, verb), (group, resource, verb)

@@ -6,18 +6,22 @@ import json
 from typing import Any
 
 from densenet_contract import TRAINER_CONTAINER
-from densenet_operator import naming
+from densenet_operator import backends, naming
 from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION
 from densenet_operator.settings import TrainerDefaults
 from densenet_operator.spec import Job, JobRef, parse_spec
 
 JOB = JobRef(name="dn161", namespace="team-a", uid="uid-1")
-DEFAULTS = TrainerDefaults(image="trainer:test")  # every job's image, whatever its device
+# Every job's image, whatever its device; a cluster that serves no gang API (gang: auto is
+# volcano for schedulerName volcano, else none). NATIVE_CLUSTER: one that serves native gangs.
+DEFAULTS = TrainerDefaults(image="trainer:test", auto_gangs=backends.auto_gangs(frozenset()))
+NATIVE_SERVED = frozenset(kind.resource for kind in backends.native.BACKEND.kinds.values())
+NATIVE_CLUSTER = TrainerDefaults(image="trainer:test", auto_gangs=backends.auto_gangs(NATIVE_SERVED))
 
 
-def make_job(**spec: Any) -> Job:
+def make_job(defaults: TrainerDefaults = DEFAULTS, **spec: Any) -> Job:
     body: dict[str, Any] = {"model": "densenet161", "data": {"path": "/data/imagenet"}, **spec}
-    return Job(ref=JOB, spec=parse_spec(body, defaults=DEFAULTS), generation=1)
+    return Job(ref=JOB, spec=parse_spec(body, defaults=defaults), generation=1)
 
 
 def device_annotation(

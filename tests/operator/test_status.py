@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from densenet_operator import lifecycle
+from densenet_operator import lifecycle, reconcile
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.status import PROGRESS_WRITE_INTERVAL, progress_only, status_write_delay
 from tests.operator.factories import make_job, make_pod
@@ -68,3 +68,15 @@ def test_a_reason_a_condition_that_flips_or_a_restart_is_a_transition() -> None:
     assert not progress_only(one_running, {**one_running, "rankTable": table})
     # the trainer's own block is not the operator's to write at all
     assert progress_only(one_running, {**one_running, "training": {"epoch": 3}})
+
+
+def test_a_status_patch_nulls_what_a_nested_block_no_longer_has():
+    old = {"phase": "Running", "rankTable": {"status": "completed", "ranks": 16, "message": "m"},
+           "training": {"epoch": 3}, "reason": "AllPodsRunning"}  # fmt: skip
+    new = {"phase": "Restarting", "rankTable": {"status": "initializing", "message": "m"}}
+    # Merged by the API server, the patch leaves exactly `new` (and the trainer's block).
+    assert reconcile.status_patch(old, new) == {
+        "phase": "Restarting", "rankTable": {"status": "initializing", "ranks": None},
+        "reason": None,
+    }  # fmt: skip
+    assert reconcile.status_patch(old, {**old, "training": {"epoch": 4}}) is None

@@ -36,13 +36,13 @@ def test_its_children_are_the_pod_group_of_its_custom_kind():
     assert (kind.group, kind.version, kind.plural) == ("scheduling.volcano.sh", "v1beta1",
                                                        "podgroups")  # fmt: skip
     assert children[0]["apiVersion"] == f"{kind.group}/{kind.version}"
-    assert backends.CUSTOM_KINDS["PodGroup"] is kind
+    assert backends.CUSTOM_KINDS[("scheduling.volcano.sh/v1beta1", "PodGroup")] is kind
     assert "install Volcano" in kind.missing
 
 
 def test_its_pods_name_the_scheduler_and_their_pod_group():
     job = make_job(replicas=2, scheduling=VOLCANO)
-    added = volcano.BACKEND.pod_additions(job, 1)
+    added = volcano.BACKEND.pod_additions(job, 1, gang=0)
     assert added.scheduler_name == "volcano"
     assert added.annotations == {"scheduling.k8s.io/group-name": JOB.name}
     pod = pods.build_pod(job, 1)
@@ -53,7 +53,7 @@ def test_its_pods_name_the_scheduler_and_their_pod_group():
 def test_without_a_gang_the_pods_keep_the_user_s_scheduler_and_nothing_else_is_made():
     job = make_job(scheduling={"schedulerName": "my-scheduler"})
     assert gang.NONE.children(job) == []
-    assert gang.NONE.pod_additions(job, 0).scheduler_name == "my-scheduler"
+    assert gang.NONE.pod_additions(job, 0, gang=0).scheduler_name == "my-scheduler"
     pod = pods.build_pod(job, 0)
     assert pod["spec"]["schedulerName"] == "my-scheduler"
     assert "scheduling.k8s.io/group-name" not in pod["metadata"].get("annotations", {})
