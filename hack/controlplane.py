@@ -8,7 +8,8 @@ pods, the controller manager runs garbage collection, and kwok-controller keeps 
 and moves their scheduled pods to Running (fakenodes.py makes the nodes). Beside them runs the simulated Ascend device
 plugin (deviceplugin.py), which annotates pods with their chips as Huawei's plugin does; it is
 started with the cluster (and again when a reused cluster lacks it) unless
-`DENSENET_DEVICE_PLUGIN=0`; `DENSENET_DEVICE_PLUGIN_DELAY` sets its delay (seconds).
+`DENSENET_DEVICE_PLUGIN=0`; `DENSENET_DEVICE_PLUGIN_DELAY` sets its delay (seconds). Kueue's
+manager (kueue.py) runs beside them too when asked (`up(kueue=True)`, or DENSENET_KUEUE=1).
 
 Everything binds to 127.0.0.1 on ports kwokctl picks free. State lives under
 `$DENSENET_CACHE/kwok` (default `~/.cache/densenet-operator/kwok`), kwokctl's `KWOK_WORKDIR`,
@@ -30,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import kueue as kueue_component
 import psutil
 import realnode
 from realnode_config import KUBERNETES_SERVICE_IP, NetworkPlan
@@ -60,6 +62,7 @@ PLUGIN_PID_FILE, PLUGIN_LOG_FILE, PLUGIN_READY_FILE = (
     "deviceplugin.log",
     "deviceplugin.ready",
 )
+KUEUE = "kueue"  # its name in `component_status` (kueue.py: files in the cluster dir)
 # Native gang scheduling (KEP-4671): beta and off by default in Kubernetes 1.37. kwokctl hands
 # the gates to the apiserver, controller manager (podgroup-protection) and scheduler
 # (GangScheduling plugin), and the runtime config to the apiserver (serve the v1beta1 API).
@@ -329,10 +332,14 @@ def _component_log_tail(name: str, lines: int = 15) -> str:
 
 def component_status(name: str = DEFAULT_NAME) -> dict[str, dict[str, Any]]:
     """Each component's pid (from its pid file) and whether that process runs, and the same
-    for the device plugin."""
+    for the device plugin and Kueue."""
     pids = component_pids(name)
     status = {c: {"pid": pids.get(c), "running": pid_running(pids.get(c))} for c in COMPONENTS}
-    return {**status, PLUGIN: device_plugin_status(name)}
+    return {
+        **status,
+        PLUGIN: device_plugin_status(name),
+        KUEUE: kueue_component.status(cluster_dir(name)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,14 +456,21 @@ def up(
     timeout: float = 180,
     device_plugin: bool | None = None,
     real_nodes: bool = False,
+    kueue: bool | None = None,
 ) -> Cluster:
     """The control plane `name` with its apiserver ready: reused when it already runs healthy
-    with these binaries and this configuration, else (re)created; and the device plugin
-    running unless `device_plugin` is False (None: `device_plugin_enabled()`). With
+    with these binaries and this configuration, else (re)created; the device plugin running
+    unless `device_plugin` is False (None: `device_plugin_enabled()`); and Kueue running when
+    `kueue` is True, else stopped, its webhooks removed (None: DENSENET_KUEUE when set, else
+    as the cluster had it: `kueue.wanted`, `kueue.recorded`). With
     `real_nodes`, configured for them (realnode.py starts them). Call it holding
     `locked(name)`."""
     bin_dir = bin_dir or ensure_binaries()
     kubectl = find_tool("kubectl")
+    if kueue is None:
+        kueue = kueue_component.wanted()
+    if kueue is None:  # asked nothing: as it was (before a recreation forgets it)
+        kueue = kueue_component.recorded(cluster_dir(name))
     network = realnode.network_plan(name) if real_nodes else None
     config = render_kwokctl_config(bin_dir, kubectl, cluster_dir(name) / "pki", network)
     reused = _healthy(name, bin_dir, kubectl, config)
@@ -476,6 +490,10 @@ def up(
         ensure_device_plugin(name)
     else:
         stop_device_plugin(name)
+    if kueue:
+        kueue_component.ensure(cluster_dir(name), cluster.kubectl, timeout=timeout)
+    else:
+        kueue_component.stop(cluster_dir(name), cluster.kubectl)
     return cluster
 
 
@@ -507,6 +525,7 @@ def _create(
 
 def _stop_locked(name: str, bin_dir: Path | None, kubectl: Path | None, quiet: bool) -> None:
     workdir = cluster_dir(name)
+    kueue_component.stop(workdir)
     stop_device_plugin(name)
     realnode.stop_nodes(real_node_site(name, bin_dir))
     if workdir.exists() and bin_dir is not None and kubectl is not None:

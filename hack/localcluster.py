@@ -3,7 +3,8 @@
 
 The cluster is the control plane of controlplane.py (kube-apiserver, kube-controller-manager,
 kube-scheduler, etcd and kwok-controller, built from Go modules, started by kwokctl) with the
-fake Ascend nodes of fakenodes.py and the simulated Ascend device plugin of deviceplugin.py.
+fake Ascend nodes of fakenodes.py and the simulated Ascend device plugin of deviceplugin.py,
+and, when asked, Kueue's manager with its webhooks (kueue.py).
 `start` starts it (or reuses it when it already runs) and waits until pods can be created;
 `stop` ends every process it started.
 
@@ -11,6 +12,7 @@ fake Ascend nodes of fakenodes.py and the simulated Ascend device plugin of devi
     python hack/localcluster.py up --products 910b=2,a3-superpod=2  # and nodes of other products
     python hack/localcluster.py up --no-device-plugin              # pods stay unannotated
     python hack/localcluster.py up --real-nodes 0                   # no real node (realnode.py)
+    python hack/localcluster.py up --kueue                          # and Kueue (kueue.py)
     python hack/localcluster.py load-image ARCHIVE                  # into the real nodes
     python hack/localcluster.py status
     python hack/localcluster.py down
@@ -64,20 +66,23 @@ def start(
     products: Mapping[str, int] | None = None,
     device_plugin: bool | None = None,
     real_nodes: int | None = None,
+    kueue: bool | None = None,
 ) -> Cluster:
     """Start the cluster, or reuse it when it already runs healthy; wait for nodes Ready.
 
     `nodes` 910 nodes (`ascend-node-<i>`), plus `products[p]` nodes of each product p
     (`ascend-<p>-<i>`, see fakenodes.PRODUCTS), plus `real_nodes` real nodes (`real-node-<i>`,
     see realnode.py; None: `realnode.default_count()`, 1 on a machine that can run one). The
-    device plugin runs unless `device_plugin` is False (None: unless DENSENET_DEVICE_PLUGIN=0).
+    device plugin runs unless `device_plugin` is False (None: unless DENSENET_DEVICE_PLUGIN=0);
+    Kueue (kueue.py) runs when `kueue` is True and is stopped when False (None: DENSENET_KUEUE
+    when set, else as the running cluster had it).
     """
     started = time.monotonic()
     real_nodes = realnode.default_count() if real_nodes is None else real_nodes
     with controlplane.locked(name):
         cluster = controlplane.up(
             name, bin_dir=bin_dir, timeout=timeout, device_plugin=device_plugin,
-            real_nodes=real_nodes > 0,
+            real_nodes=real_nodes > 0, kueue=kueue,
         )  # fmt: skip
         names = fakenodes.ensure_nodes(
             cluster, fakenodes.default_node_names(nodes), timeout=timeout
@@ -159,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         help="real nodes running pods (default: DENSENET_REAL_NODES, else 1 as root with "
         "the packages of hack/setup.sh, else 0)",
     )
+    up.add_argument(
+        "--kueue",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run (or stop) Kueue's manager and webhooks (kueue.py; default: DENSENET_KUEUE "
+        "when set, else as the running cluster has it)",
+    )
     sub.add_parser("down", help="stop the cluster and remove its state")
     load = sub.add_parser("load-image", help="import an image archive into the real nodes")
     load.add_argument("archive", type=Path)
@@ -182,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             cluster = start(
                 args.name, args.nodes, products=args.products, device_plugin=args.device_plugin,
-                real_nodes=args.real_nodes,
+                real_nodes=args.real_nodes, kueue=args.kueue,
             )  # fmt: skip
             print(cluster.kubeconfig)
         elif args.command == "down":

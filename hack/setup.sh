@@ -65,6 +65,7 @@ ln -sf "$tools/kubectl" .venv/bin/kubectl
 ln -sf "$tools/helm" .venv/bin/helm
 
 bash hack/build-control-plane.sh >/dev/null
+bash hack/build-kueue.sh >/dev/null  # Kueue beside the local cluster (hack/kueue.py)
 bash hack/build-kube-score.sh >/dev/null
 
 # --- images: buildah and mmdebstrap build docker/*.Dockerfile on a local Debian base ----------

@@ -6,6 +6,9 @@
     DENSENET_KEEP_CLUSTER=1    leave the cluster running after the session (fast iteration;
                                the next session reuses it; `python hack/localcluster.py down`).
     DENSENET_CLUSTER=NAME      cluster name (default `densenet`).
+    DENSENET_KUEUE=0           no Kueue (hack/kueue.py); by default the session's cluster runs
+                               it, with its webhooks (they touch only namespaces labelled
+                               `kueue.x-k8s.io/managed-namespace: "true"`).
   A cluster that was already running when the session began (kept by an earlier session or
   started with `python hack/localcluster.py up`) is reused and left running.
   While the session runs, KUBECONFIG points at the cluster, so kopf and the Kubernetes clients
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import controlplane
+import kueue
 import localcluster
 import pytest
 import realnode
@@ -47,7 +51,7 @@ def cluster() -> Iterator[localcluster.Cluster]:
         yield controlplane.external(Path(external).expanduser().resolve())
         return
     name = os.environ.get("DENSENET_CLUSTER", localcluster.DEFAULT_NAME)
-    started = localcluster.start(name)
+    started = localcluster.start(name, kueue=kueue.wanted(default=True))
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(started.kubeconfig)
     try:
