@@ -34,6 +34,7 @@ from typing import Any
 import kueue as kueue_component
 import psutil
 import realnode
+import yaml
 from realnode_config import KUBERNETES_SERVICE_IP, NetworkPlan
 from testsupport import REPO_ROOT, ClusterError, Kubectl, KubectlError, find_tool, wait_for
 
@@ -185,6 +186,91 @@ def render_kwokctl_config(
     }
 
 
+KWOK_MODULE, KWOK_VERSION = "sigs.k8s.io/kwok", "v0.8.0"  # keep in step with the build script
+# kwokctl's own stages for a cluster like ours (pkg/kwokctl/runtime/cluster.go: the "fast" node
+# and pod stages, heartbeats with a lease), read from the module; kwokctl uses them only when
+# its configuration has no Stage at all, so adding one means giving them all.
+KWOK_STAGE_FILES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+NODE_STATUS_UPDATE_MILLISECONDS = 10000  # kwokctl's default nodeStatusUpdateFrequency
+# What a kubelet does to a running pod that is deleted (kubelet's pod workers,
+# `pkg/kubelet/pod_workers.go` and `status_manager.go`: since Kubernetes 1.27 a pod the kubelet
+# terminated is written in a terminal phase before it goes): its containers get SIGTERM and end
+# (exit 143), the pod is Failed. KWOK's pods have no containers and simply vanish, which is the
+# same as long as no finalizer holds the pod; one that does (Kueue's `kueue.x-k8s.io/managed`)
+# would otherwise stay Running, Terminating, forever. So a held pod ends as a kubelet ends it,
+# and pod-delete waits until nothing holds it.
+POD_TERMINATE_ON_DELETE: dict[str, Any] = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "kind": "Stage",
+    "metadata": {"name": "pod-terminate-on-delete"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {"matchExpressions": [
+            {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+            {"key": ".metadata.finalizers", "operator": "Exists"},
+            {"key": ".status.phase", "operator": "In", "values": ["Running"]},
+        ]},
+        "next": {"statusTemplate": """{{ $now := Now }}
+{{ $root := . }}
+containerStatuses:
+{{ range $index, $item := .spec.containers }}
+- image: {{ $item.image | Quote }}
+  name: {{ $item.name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 143
+      finishedAt: {{ $now | Quote }}
+      reason: Error
+      startedAt: {{ $root.status.startTime | Quote }}
+{{ end }}
+phase: Failed
+"""},
+    },
+}  # fmt: skip
+
+
+def kwok_stages(module_dir: Path) -> list[dict[str, Any]]:
+    """The stages kwok-controller runs: kwokctl's defaults (KWOK_STAGE_FILES, with the
+    heartbeat's delay as kwokctl sets it), pod-delete only once no finalizer holds the pod, and
+    POD_TERMINATE_ON_DELETE."""
+    stages = [
+        yaml.safe_load((module_dir / "kustomize" / "stage" / name).read_text())
+        for name in KWOK_STAGE_FILES
+    ]
+    for stage in stages:
+        name = stage["metadata"]["name"]
+        if name == "node-heartbeat-with-lease":
+            delay = stage["spec"].setdefault("delay", {})
+            frequency = NODE_STATUS_UPDATE_MILLISECONDS
+            delay["durationMilliseconds"] = max(delay.get("durationMilliseconds", 0), frequency)
+            delay["jitterDurationMilliseconds"] = max(
+                delay.get("jitterDurationMilliseconds", 0), frequency + frequency // 10
+            )
+        if name == "pod-delete":
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": ".metadata.finalizers", "operator": "DoesNotExist"}
+            )
+    return [*stages, POD_TERMINATE_ON_DELETE]
+
+
+def kwok_module_dir() -> Path:
+    """Where the Go module cache holds KWOK's module (the build downloaded it)."""
+    proc = subprocess.run(["go", "mod", "download", "-json", f"{KWOK_MODULE}@{KWOK_VERSION}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise ClusterError(f"go mod download {KWOK_MODULE}@{KWOK_VERSION} failed: {proc.stderr}")
+    return Path(json.loads(proc.stdout)["Dir"])
+
+
 def _patch(component: str, args: dict[str, str]) -> dict[str, Any]:
     """Extra flags for a component (appended: they win over kwokctl's own)."""
     return {"name": component, "extraArgs": [{"key": k, "value": v} for k, v in args.items()]}
@@ -305,7 +391,9 @@ def api_ready(kubectl: Kubectl) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "ok"
 
 
-def _healthy(name: str, bin_dir: Path, kubectl: Path, config: dict[str, Any] | None = None) -> bool:
+def _healthy(
+    name: str, bin_dir: Path, kubectl: Path, config: list[dict[str, Any]] | None = None
+) -> bool:
     """Running with our binaries (and `config`, when given): every component alive and the
     apiserver ready."""
     state = _load_state(name)
@@ -472,7 +560,10 @@ def up(
     if kueue is None:  # asked nothing: as it was (before a recreation forgets it)
         kueue = kueue_component.recorded(cluster_dir(name))
     network = realnode.network_plan(name) if real_nodes else None
-    config = render_kwokctl_config(bin_dir, kubectl, cluster_dir(name) / "pki", network)
+    config = [
+        render_kwokctl_config(bin_dir, kubectl, cluster_dir(name) / "pki", network),
+        *kwok_stages(kwok_module_dir()),
+    ]
     reused = _healthy(name, bin_dir, kubectl, config)
     if reused:
         log(f"reusing running cluster {name!r}")
@@ -498,12 +589,13 @@ def up(
 
 
 def _create(
-    name: str, bin_dir: Path, kubectl: Path, timeout: float, config: dict[str, Any]
+    name: str, bin_dir: Path, kubectl: Path, timeout: float, config: list[dict[str, Any]]
 ) -> None:
+    """`config`: the KwokctlConfiguration and the Stages (one YAML stream, JSON documents)."""
     workdir = cluster_dir(name)
     kwok_workdir().mkdir(parents=True, exist_ok=True)
-    config_file = kwok_workdir() / f"{name}.kwokctl.json"
-    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    config_file = kwok_workdir() / f"{name}.kwokctl.yaml"
+    config_file.write_text("---\n".join(json.dumps(doc, indent=2) + "\n" for doc in config))
     log_file = kwok_workdir() / f"{name}.kwokctl.log"
     log_file.write_text("")
     log(f"creating cluster {name!r} in {workdir}")
@@ -563,7 +655,8 @@ def stop(name: str = DEFAULT_NAME) -> None:
     with locked(name):
         bin_dir, kubectl = _recorded_tools(name)
         _stop_locked(name, bin_dir, kubectl, quiet=False)
-        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.log", _contexts_file(name).name):
+        for leftover in (f"{name}.kwokctl.json", f"{name}.kwokctl.yaml", f"{name}.kwokctl.log",
+                         _contexts_file(name).name):  # fmt: skip
             (kwok_workdir() / leftover).unlink(missing_ok=True)
         realnode.release_network_plan(name)
     log(f"cluster {name!r} stopped")

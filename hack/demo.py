@@ -21,6 +21,12 @@ device plugin (hack/deviceplugin.py) annotates the pods with their chips, the op
 chart's Deployment on the real node) publishes the rank table, and the demo prints it
 (`kubectl get configmap rings-config-<job>`) and deletes the job (and the nodes it added).
 
+`--queue` shows queueing with Kueue (hack/kueue.py runs it in the local cluster): it applies
+examples/kueue/team-a-queue.yaml (a ClusterQueue of 16 NPUs, the LocalQueue team-a) and two
+copies of examples/densenet161-16p-queued.yaml (2 x 8 NPUs each) on the KWOK 910 nodes, prints
+`kubectl get dnt` with one Running and one Queued, then ends the running job's pods as a
+kubelet would after training (KWOK has no containers) and prints both finished in turn.
+
 The demo needs a real node (root, and the packages hack/setup.sh installs); without one it
 says what is missing and stops.
 """
@@ -41,6 +47,8 @@ from typing import Any
 import deviceplugin
 import fakenodes
 import images
+import kubelet
+import kueue
 import localcluster
 import realnode
 import yaml
@@ -55,6 +63,8 @@ from testsupport import (
 )
 
 EXAMPLE = REPO_ROOT / "examples" / "densenet121-cpu-demo.yaml"
+QUEUE_EXAMPLE = REPO_ROOT / "examples" / "kueue" / "team-a-queue.yaml"
+QUEUED_JOB = REPO_ROOT / "examples" / "densenet161-16p-queued.yaml"
 # --ascend choice -> the example, and the nodes of another product it needs (product, count)
 ASCEND_EXAMPLES: dict[str, tuple[Path, tuple[str, int] | None]] = {
     "8p": (REPO_ROOT / "examples" / "densenet161-8p.yaml", None),
@@ -179,6 +189,50 @@ class Demo:
         return hccl
 
 
+def queue_demo(demo: Demo, timeout: float) -> int:
+    """Two jobs on a queue with room for one: one Running, one Queued, then both Succeeded in
+    turn; 0 when they did. The pods run on KWOK nodes, so the demo ends them as their kubelet
+    would once training is done."""
+    kubectl = demo.kubectl
+    create_namespace(kubectl, NAMESPACE, exist_ok=True)
+    kubectl("label", "namespace", NAMESPACE, f"{kueue.MANAGED_NAMESPACE_LABEL}=true", "--overwrite")
+    say(
+        f"applying {QUEUE_EXAMPLE.relative_to(REPO_ROOT)}: a ClusterQueue of 16 NPUs, LocalQueue team-a"
+    )
+    print(kubectl("apply", "-n", NAMESPACE, "-f", str(QUEUE_EXAMPLE)).stdout.strip())
+    job = yaml.safe_load(QUEUED_JOB.read_text())
+    names = [f"{job['metadata']['name']}-{suffix}" for suffix in ("a", "b")]
+    for name in names:
+        kubectl("delete", "dnt", name, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        say(f"applying {QUEUED_JOB.relative_to(REPO_ROOT)} as {name} (2 x 8 NPUs)")
+        kubectl("apply", "-n", NAMESPACE, "-f", "-",
+                input={**job, "metadata": {**job["metadata"], "name": name}})  # fmt: skip
+
+    def phases() -> list[str]:
+        return [demo.job_status(name).get("phase", "") for name in names]
+
+    for running, queued in ((names[0], names[1]), (names[1], None)):
+        wait_for(lambda r=running, q=queued: demo.job_status(r).get("phase") == "Running" and (
+            q is None or demo.job_status(q).get("phase") == "Queued"), timeout, interval=1,
+            what=f"{running} running" + (f", {queued} queued" if queued else ""))  # fmt: skip
+        say("kubectl get densenettrainings -n " + NAMESPACE)
+        print(demo.table())
+        say(f"{running} trained: its pods end as their kubelet would (exit 0)")
+        for pod in kubectl.json("get", "pods", "-n", NAMESPACE, "-l",
+                                f"training.densenet.dev/job-name={running}")["items"]:  # fmt: skip
+            if not pod["metadata"].get("deletionTimestamp"):
+                kubelet.set_pod_phase(kubectl, NAMESPACE, pod["metadata"]["name"], "Succeeded",
+                                      exit_code=0)  # fmt: skip
+        wait_for(lambda r=running: demo.job_status(r).get("phase") == "Succeeded", timeout,
+                 interval=1, what=f"{running} to succeed")  # fmt: skip
+    say("kubectl get densenettrainings -n " + NAMESPACE)
+    print(demo.table())
+    ended = phases()
+    for name in names:
+        kubectl("delete", "dnt", name, "-n", NAMESPACE, "--wait=true")
+    return 0 if ended == ["Succeeded", "Succeeded"] else 1
+
+
 def write_digits(size: int) -> Path:
     target = DEMO_DIR / "digits"
     if not (target / "train").is_dir():
@@ -234,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ascend", nargs="?", const="8p", choices=sorted(ASCEND_EXAMPLES),
                         help="an Ascend job instead (rank table from the simulated device "
                         "plugin; no training): 8p = 1 x 8 NPUs, 16p = 2 x 8")  # fmt: skip
+    parser.add_argument("--queue", action="store_true",
+                        help="queueing with Kueue: two 2 x 8 jobs on a queue with room for one")  # fmt: skip
     args = parser.parse_args(argv)
 
     missing = realnode.missing_requirements()
@@ -242,12 +298,15 @@ def main(argv: list[str] | None = None) -> int:
               "(run it as root after hack/setup.sh)", file=sys.stderr)  # fmt: skip
         return 2
     say("starting the local cluster (control plane, KWOK Ascend nodes, a real node)")
-    cluster = localcluster.start(args.cluster, real_nodes=max(1, realnode.default_count()))
+    cluster = localcluster.start(args.cluster, real_nodes=max(1, realnode.default_count()),
+                                 kueue=True if args.queue else None)  # fmt: skip
     print(cluster.kubectl("get", "nodes", "-o", "custom-columns=NODE:.metadata.name,"
                           "ASCEND910:.status.allocatable.huawei\\.com/Ascend910,IP:.status.addresses[0].address").stdout)  # fmt: skip
     demo = Demo(cluster)
     try:
         demo.install_chart(demo.load_images())
+        if args.queue:
+            return queue_demo(demo, timeout=min(args.timeout, 180))
         if args.ascend:
             example, nodes = ASCEND_EXAMPLES[args.ascend]
             with product_nodes(cluster, nodes):

@@ -55,6 +55,7 @@ POD_GC_MESSAGE = "PodGC: node no longer exists"
 # getNewNodeAnnotation), and the value it writes without super-pod hardware.
 ACCELERATOR_TYPE_LABEL = "accelerator-type"
 SUPER_POD_ID_ANNOTATION = "superPodID"
+SUPER_POD_LABEL = "huawei.com/topotree.superpodid"  # on super-pod nodes: the same id
 SERVER_INDEX_ANNOTATION = "serverIndex"
 BASE_DEVICE_INFOS_ANNOTATION = "baseDeviceInfos"
 NO_SUPER_POD = -2
@@ -181,6 +182,8 @@ def node_manifest(
                 "kubernetes.io/arch": "amd64",
                 "kubernetes.io/role": "agent",
                 "node-role.kubernetes.io/agent": "",
+                # The device plugin's super-pod label (a Kueue TAS topology level).
+                **({SUPER_POD_LABEL: str(super_pod_id)} if super_pod_id != NO_SUPER_POD else {}),
                 **(labels or {}),
             },
             "annotations": {

@@ -135,6 +135,8 @@ HOMES = (
     ("native gang scheduling (scheduling.k8s.io Workloads and PodGroups)",
      re.compile(r"^scheduling\.k8s\.io(/v1\w*)?$|^PodGroupInitiallyScheduled$"), "native.py",
      False),
+    ("Kueue (its API group, labels and gates)", re.compile(r"kueue\.x-k8s\.io"), "kueue.py",
+     False),
 )  # fmt: skip
 PROSE_ARGUMENTS = ("description", "help")
 

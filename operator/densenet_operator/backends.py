@@ -1,16 +1,18 @@
 """The gang backends the operator knows (gang.py's interface, one module each), and which one
-a job gets: the one its (resolved) `spec.scheduling.gang` names, else none."""
+a job gets: Kueue's when it is labelled for a queue, else the one its (resolved)
+`spec.scheduling.gang` names, else none."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from densenet_operator import native, volcano
+from densenet_operator import kueue, naming, native, volcano
 from densenet_operator.gang import NONE, CustomKind, GangBackend
-from densenet_operator.spec import TrainingSpec
+from densenet_operator.spec import Job
 
-BACKENDS: tuple[GangBackend, ...] = (native.BACKEND, volcano.BACKEND)
+# Kueue first: a job in a queue is Kueue's, whatever its gang says.
+BACKENDS: tuple[GangBackend, ...] = (kueue.BACKEND, native.BACKEND, volcano.BACKEND)
 # Every backend's custom kinds, by (apiVersion, kind): the reconciler creates, reads and
 # deletes them (two backends may both have a "PodGroup").
 CUSTOM_KINDS: Mapping[tuple[str, str], CustomKind] = {
@@ -20,8 +22,14 @@ CUSTOM_KINDS: Mapping[tuple[str, str], CustomKind] = {
 }
 
 
-def backend_for(spec: TrainingSpec) -> GangBackend:
-    return next((backend for backend in BACKENDS if backend.wanted_by(spec)), NONE)
+def backend_for(job: Job) -> GangBackend:
+    return next((backend for backend in BACKENDS if backend.wanted_by(job)), NONE)
+
+
+def pod_name(job: Job, index: int, gang: int) -> str:
+    """Replica `index`'s pod in gang generation `gang`, as the job's backend names it."""
+    per_gang = backend_for(job).pod_names_per_gang
+    return naming.pod_name(job.ref.name, index, gang if per_gang else None)
 
 
 Discovery = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]

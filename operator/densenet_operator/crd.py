@@ -19,6 +19,7 @@ import yaml
 
 import densenet_contract as contract
 from densenet_contract.schema import OPENAPI_TYPES, openapi
+from densenet_operator import kueue
 from densenet_operator.admission import build_admission
 from densenet_operator.spec import TrainingSpec
 from densenet_operator.status import PHASE_CONDITIONS
@@ -43,6 +44,9 @@ NAME_RULE = {
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
      "description": "Job phase, derived from the pods"},
+    {"name": "Queue", "type": "string",
+     "jsonPath": ".metadata.labels." + kueue.QUEUE_LABEL.replace(".", "\\."),
+     "description": "The Kueue LocalQueue the job waits in (kueue.py)"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
     {"name": "Devices", "type": "integer", "jsonPath": ".status.worldSize",
      "description": "Total ranks (replicas x devices per replica)"},

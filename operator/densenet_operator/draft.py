@@ -68,6 +68,9 @@ class Plan:
     finished: str | None = None  # Succeeded or Failed: this pass finishes the job
     restart_cause: str | None = None  # "failure" or "disruption": this pass restarts the gang
     first: bool = False  # the job had no phase: this pass gives it its first
+    # The job gives back its place (a queue's quota: gang.py released_children), before its
+    # status is written: it failed or is being suspended.
+    release: bool = False
 
     def requeue_within(self, seconds: float) -> None:
         """The next pass no later than `seconds` from now (an earlier one stays)."""
@@ -180,6 +183,7 @@ class Draft:
         """Succeeded or Failed, with the pods cleanPodPolicy removes."""
         self.transition(to, reason, message, "Normal" if to == SUCCEEDED else "Warning")
         self.plan.finished = to
+        self.plan.release = to == FAILED  # a success gives it back by itself
         self.status["completionTime"] = format_time(self.now)
         self.plan.delete = pods_to_clean(self.live, self.policy.clean_pod_policy)
 

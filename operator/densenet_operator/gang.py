@@ -17,17 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from densenet_operator.podadditions import PodAdditions
-from densenet_operator.spec import Job, TrainingSpec
+from densenet_operator.spec import Job
 
 
 @dataclass(frozen=True)
 class CustomKind:
-    """A kind a backend makes that Kubernetes does not serve by itself (a CRD)."""
+    """A kind a backend makes, or reads, that Kubernetes does not serve by itself."""
 
     group: str
     version: str
     plural: str
     missing: str  # the job's error when the API server does not serve it, and what to do
+    # Made and owned by the operator (watched like the job's other children); False: another
+    # controller's (Kueue's Workload), only read and deleted.
+    owned: bool = True
 
     @property
     def resource(self) -> str:
@@ -42,6 +45,7 @@ class GangState:
     scheduled: bool
     reason: str
     message: str
+    queued: bool = False  # waiting in a queue for quota (its pods are gated), not for nodes
 
 
 class GangBackend(Protocol):
@@ -58,8 +62,15 @@ class GangBackend(Protocol):
         """The custom kinds of its children, by kind."""
         ...
 
-    def wanted_by(self, spec: TrainingSpec) -> bool:
-        """Whether the job's (resolved) spec.scheduling.gang names this backend."""
+    @property
+    def pod_names_per_gang(self) -> bool:
+        """Whether each gang generation's pods get names of their own (`<job>-worker-<i>-g<n>`):
+        a backend whose controller keeps an old generation's pods until their replacements
+        exist (Kueue's finalizer) needs them."""
+        ...
+
+    def wanted_by(self, job: Job) -> bool:
+        """Whether the job is this backend's (its resolved spec.scheduling.gang, a label)."""
         ...
 
     def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
@@ -83,7 +94,14 @@ class GangBackend(Protocol):
         """The object whose status says whether generation `gang` is placed, if any."""
         ...
 
-    def read_state(self, child: Mapping[str, Any] | None) -> GangState | None: ...
+    def read_state(self, job: Job, child: Mapping[str, Any] | None) -> GangState | None:
+        """What `child` (state_of's object; None: not there) says of the gang, if anything."""
+        ...
+
+    def released_children(self, job: Job) -> list[tuple[CustomKind, str]]:
+        """(kind, name) of what holds the job's place (a queue's quota): deleted when the job
+        fails, is suspended or is deleted."""
+        ...
 
     def pod_additions(self, job: Job, index: int, gang: int) -> PodAdditions: ...
 
@@ -101,17 +119,21 @@ class PerJobChildren:
     def state_of(self, job: Job, gang: int) -> tuple[CustomKind, str] | None:
         return None
 
-    def read_state(self, child: Mapping[str, Any] | None) -> GangState | None:
+    def read_state(self, job: Job, child: Mapping[str, Any] | None) -> GangState | None:
         return None
+
+    def released_children(self, job: Job) -> list[tuple[CustomKind, str]]:
+        return []
 
 
 @dataclass(frozen=True)
 class NoGang(PerJobChildren):
     name: str = "none"
     chooses_devices: bool = False
+    pod_names_per_gang: bool = False
     kinds: Mapping[str, CustomKind] = field(default_factory=dict)
 
-    def wanted_by(self, spec: TrainingSpec) -> bool:
+    def wanted_by(self, job: Job) -> bool:
         return True
 
     def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:

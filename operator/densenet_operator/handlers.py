@@ -143,7 +143,7 @@ MANAGED = {naming.LABEL_MANAGED_BY: naming.MANAGER}
 for _group, _version, _plural in CHILD_RESOURCES:
     # async on purpose, as pod_changed; one handler, registered for each kind.
     kopf.on.event(_group, _version, _plural, labels=MANAGED, id=f"child-{_plural}")(child_changed)
-for _kind in backends.CUSTOM_KINDS.values():
+for _kind in (kind for kind in backends.CUSTOM_KINDS.values() if kind.owned):
     kopf.on.event(_kind.group, _kind.version, _kind.plural, labels=MANAGED,
                   id=f"gang-{_kind.group}-{_kind.plural}")(gang_child_changed)  # fmt: skip
 
@@ -162,6 +162,7 @@ async def job_changed(
     if event.get("type") == "DELETED":
         if await memo.job_tasks.stop(key):  # once per job, however often the watch says so
             METRICS.job_deleted(event["object"])
+            await memo.reconciler.release_deleted(event["object"])
         memo.reconciler.forget(uid)
         return
     memo.job_tasks.update(key, event["object"])

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from densenet_contract import EXIT_STOPPED_ON_REQUEST
-from densenet_operator import naming
+from densenet_operator import backends, naming
 from densenet_operator.ascend import ranktable
 from densenet_operator.draft import (
     INITIALIZING_TABLE,
@@ -48,6 +48,7 @@ from densenet_operator.status import (
     FAILED,
     FINISHED,
     GANG_SCHEDULED,
+    QUEUED,
     RANK_TABLE_READY,
     RESTARTING,
     RUNNING,
@@ -64,6 +65,7 @@ from densenet_operator.status import (
 DISRUPTION_REASONS = frozenset(
     {"Evicted", "NodeLost", "Shutdown", "Terminated", "NodeShutdown", "Preempted", "PodLost"}
 )
+QUEUE_RECHECK_SECONDS = 15.0
 # Failures that are retryable whatever the exit code, but count against backoffLimit.
 RETRYABLE_REASONS = frozenset({"UnexpectedAdmissionError", "OOMKilled", "DeadlineExceeded"})
 
@@ -172,6 +174,7 @@ def suspended(draft: Draft) -> bool:
     draft.plan.delete = [p.name for p in draft.live]
     if draft.phase != SUSPENDED:
         draft.transition(SUSPENDED, "Suspended", "runPolicy.suspend is true: the pods are deleted")
+        draft.plan.release = True
     draft.status.pop("startTime", None)  # the deadline counts from the resume, as for a Job
     draft.reset_rank_table()
     return True
@@ -204,7 +207,7 @@ def _current_failures(draft: Draft) -> list[Failure]:
     if not failures and draft.phase == RUNNING:
         by_index = draft.by_index
         failures = [
-            _vanished(naming.pod_name(draft.job.ref.name, index))
+            _vanished(backends.pod_name(draft.job, index, draft.gang))
             for index in range(draft.job.spec.replicas)
             if index not in by_index
         ]
@@ -241,17 +244,23 @@ def succeeded(draft: Draft) -> bool:
 
 def converge_gang(draft: Draft) -> bool:
     """Old gangs' pods out, the current gang's missing pods in."""
-    spec, plan, job_name = draft.job.spec, draft.plan, draft.job.ref.name
+    spec, plan = draft.job.spec, draft.plan
     plan.delete = [p.name for p in draft.live if p.gang != draft.gang]
     plan.delete += [p.name for p in draft.leftovers]
     # A name held by a pod no job owns is not skipped: creating it fails, and the reconciler
     # reports whose it is (ChildConflict). Never adopted.
     ours = [p for p in draft.pods if p.owner_uid is not None]
     taken, by_index = {p.name for p in ours}, draft.by_index
+    # A new gang starts once the old one has stopped running (its pods ended or gone): a queue
+    # (Kueue) counts a pod that still runs, even while it is deleted, as one of the group, and
+    # would turn the new pods away as one too many.
+    if any(p.gang != draft.gang and p.node_name and p.phase in (PENDING, RUNNING)
+           for p in draft.pods if p.owner_uid == draft.job.ref.uid):  # fmt: skip
+        return False
     plan.create = [
         index
         for index in range(spec.replicas)
-        if index not in by_index and naming.pod_name(job_name, index) not in taken
+        if index not in by_index and backends.pod_name(draft.job, index, draft.gang) not in taken
     ]
     if not plan.create:
         return False
@@ -288,6 +297,8 @@ def running_phase(draft: Draft) -> bool:
         elif draft.phase != RUNNING:  # steady state keeps its reason (e.g. GangRestarted)
             draft.transition(RUNNING, "AllPodsRunning", f"all {replicas} pod(s) are running")
         return False
+    if queued(draft):
+        return False
     unschedulable = [p for p in draft.current if p.unschedulable]
     if unschedulable and gang_state is not None and not gang_state.scheduled:
         # The group's word says why the whole gang waits; a pod's only says "the group".
@@ -311,6 +322,24 @@ def running_phase(draft: Draft) -> bool:
     return False
 
 
+def queued(draft: Draft) -> bool:
+    """Queued while the gang's pods wait, unbound, for their scheduling gates to be lifted (a
+    queue's admission: Kueue), with the queue's word when it has one; looked at again every
+    QUEUE_RECHECK_SECONDS (the queue's word changes without a pod event)."""
+    gated = [p for p in draft.current if p.gates]
+    if not gated or any(p.node_name for p in draft.current):
+        return False
+    state = draft.gang_state
+    if state is not None and state.queued:
+        message = state.message
+    else:
+        gates = sorted({gate for p in gated for gate in p.gates})
+        message = f"{len(gated)} pod(s) wait for their scheduling gates: {', '.join(gates)}"
+    draft.transition(QUEUED, "Queued", message)
+    draft.plan.requeue_within(QUEUE_RECHECK_SECONDS)
+    return True
+
+
 def rank_table(draft: Draft) -> bool:
     """The rank table, from the current gang only: complete and valid, or initializing."""
     spec, job_name = draft.job.spec, draft.job.ref.name
@@ -320,7 +349,7 @@ def rank_table(draft: Draft) -> bool:
         table = ranktable.build_rank_table(
             draft.current, replicas=spec.replicas, devices_per_replica=spec.devices_per_replica,
             fmt=ranktable.layout_for(spec, job_name),
-            pod_names=[naming.pod_name(job_name, i) for i in range(spec.replicas)],
+            pod_names=[backends.pod_name(draft.job, i, draft.gang) for i in range(spec.replicas)],
         )  # fmt: skip
     except ranktable.RankTableIncomplete as incomplete:
         waiting = [cut(w, MAX_WAITING_CHARS) for w in incomplete.waiting_for]

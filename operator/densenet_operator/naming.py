@@ -18,8 +18,16 @@ MANAGER = "densenet-operator"
 WORKER = "worker"  # the replica type: every pod of a job is a worker pod
 
 
-def pod_name(job: str, index: int) -> str:
+def pod_hostname(job: str, index: int) -> str:
+    """Replica `index`'s host name in the job's headless service, whatever its pod's name."""
     return f"{job}-{WORKER}-{index}"
+
+
+def pod_name(job: str, index: int, gang: int | None = None) -> str:
+    """Replica `index`'s pod: its host name, or with `gang` (a backend whose pods are named per
+    gang generation, gang.py) `<host name>-g<gang>`."""
+    hostname = pod_hostname(job, index)
+    return hostname if gang is None else f"{hostname}-g{gang}"
 
 
 def service_name(job: str) -> str:
@@ -40,7 +48,7 @@ def pod_group_name(job: str) -> str:
 
 def master_address(job: str) -> str:
     """Worker 0's DNS name through the headless service (hostname.subdomain)."""
-    return f"{pod_name(job, 0)}.{service_name(job)}"
+    return f"{pod_hostname(job, 0)}.{service_name(job)}"
 
 
 def job_labels(job: JobRef) -> dict[str, str]:

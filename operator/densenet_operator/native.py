@@ -113,12 +113,13 @@ def gang_state(pod_group: Mapping[str, Any] | None) -> GangState | None:
 class NativeGang:
     name: str = NAME
     chooses_devices: bool = False  # kube-scheduler counts the device resource; the plugin picks
+    pod_names_per_gang: bool = False
     kinds: Mapping[str, CustomKind] = field(
         default_factory=lambda: {"Workload": WORKLOAD, "PodGroup": POD_GROUP}
     )
 
-    def wanted_by(self, spec: TrainingSpec) -> bool:
-        return spec.scheduling.gang == NAME
+    def wanted_by(self, job: Job) -> bool:
+        return job.spec.scheduling.gang == NAME
 
     def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
         # kube-scheduler runs the GangScheduling plugin; another scheduler may not.
@@ -138,8 +139,11 @@ class NativeGang:
     def state_of(self, job: Job, gang: int) -> tuple[CustomKind, str] | None:
         return POD_GROUP, pod_group_name(job.ref.name, gang)
 
-    def read_state(self, child: Mapping[str, Any] | None) -> GangState | None:
+    def read_state(self, job: Job, child: Mapping[str, Any] | None) -> GangState | None:
         return gang_state(child)
+
+    def released_children(self, job: Job) -> list[tuple[CustomKind, str]]:
+        return []
 
     def pod_additions(self, job: Job, index: int, gang: int) -> PodAdditions:
         return PodAdditions(

@@ -16,6 +16,7 @@ from densenet_operator.ascend.deviceconfig import CONFIG_ANNOTATION
 from densenet_operator.children import job_owner
 
 PENDING = "Pending"
+MAX_GATES = 8  # scheduling gates kept of a pod: enough to name them, bounded
 
 
 def _int_label(labels: Mapping[str, str], key: str) -> int | None:
@@ -34,15 +35,20 @@ def _terminated(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     )
 
 
+# Pod conditions that say the control plane, or a queue, is ending the pod: Kubernetes'
+# DisruptionTarget (PreemptionByScheduler, EvictionByEvictionAPI, DeletionByTaintManager,
+# DeletionByPodGC, TerminationByKubelet) and Kueue's TerminationTarget (its reason: why Kueue
+# stops the group, e.g. Preempted, WorkloadEvicted).
+DISRUPTION_CONDITIONS = ("DisruptionTarget", "TerminationTarget")
+
+
 def _disruption(status: Mapping[str, Any]) -> str | None:
-    """Why the control plane is ending the pod, when it says (condition DisruptionTarget:
-    PreemptionByScheduler, EvictionByEvictionAPI, DeletionByTaintManager, DeletionByPodGC,
-    TerminationByKubelet)."""
+    """Why the control plane or a queue is ending the pod, when it says."""
     return next(
         (
-            c.get("reason") or "DisruptionTarget"
+            c.get("reason") or c.get("type")
             for c in status.get("conditions") or ()
-            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            if c.get("type") in DISRUPTION_CONDITIONS and c.get("status") == "True"
         ),
         None,
     )
@@ -77,6 +83,7 @@ class PodRecord:
     reason: str | None
     unschedulable: str | None  # the scheduler's message while it cannot place the pod
     disruption: str | None  # the DisruptionTarget condition's reason, when the control plane set it
+    gates: tuple[str, ...]  # spec.schedulingGates still to be lifted (a queue's admission)
     device_config: str | None  # the Ascend device plugin's annotation, as written
 
     @classmethod
@@ -101,6 +108,10 @@ class PodRecord:
             reason=status.get("reason") or (terminated.get("reason") if terminated else None),
             unschedulable=_unschedulable(status),
             disruption=_disruption(status),
+            gates=tuple(
+                str(g.get("name"))
+                for g in ((pod.get("spec") or {}).get("schedulingGates") or ())[:MAX_GATES]
+            ),
             device_config=(metadata.get("annotations") or {}).get(CONFIG_ANNOTATION),
         )
 

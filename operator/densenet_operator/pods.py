@@ -113,7 +113,9 @@ def _node_selector(spec: TrainingSpec, parts: tuple[PodAdditions, ...]) -> dict[
     return selector
 
 
-def _metadata(job: Job, index: int, gang: int, parts: tuple[PodAdditions, ...]) -> dict[str, Any]:
+def _metadata(
+    job: Job, name: str, index: int, gang: int, parts: tuple[PodAdditions, ...]
+) -> dict[str, Any]:
     labels = {
         naming.LABEL_REPLICA_TYPE: naming.WORKER,
         naming.LABEL_REPLICA_INDEX: str(index),
@@ -123,7 +125,7 @@ def _metadata(job: Job, index: int, gang: int, parts: tuple[PodAdditions, ...]) 
     for part in parts:
         labels.update(part.labels)
         annotations.update(part.annotations)
-    metadata = naming.child_metadata(job.ref, naming.pod_name(job.ref.name, index), labels)
+    metadata = naming.child_metadata(job.ref, name, labels)
     if annotations:
         metadata["annotations"] = annotations
     # The user's podTemplate, by the merge rule of overrides.py.
@@ -156,17 +158,18 @@ def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) 
     Device- and scheduler-neutral: the job's device and its gang backend (backends.py) add
     their labels, annotations, env, volumes, node selector, scheduler and security context."""
     spec = job.spec
-    backend = backends.backend_for(spec)
+    backend = backends.backend_for(job)
     device = device_additions(job, index, run_as, backend)
     parts = (device, backend.pod_additions(job, index, gang))
-    name = naming.pod_name(job.ref.name, index)
+    name = backends.pod_name(job, index, gang)
     volumes, mounts = _volumes_and_mounts(spec, job.ref.name, device)
     pod_spec: dict[str, Any] = {
         # The operator restarts the whole gang; a kubelet restarting one rank would hang DDP.
         "restartPolicy": "Never",
         # The trainer's graceful stop: finish the step, write a checkpoint, exit 75.
         "terminationGracePeriodSeconds": spec.run_policy.termination_grace_period_seconds,
-        "hostname": name,
+        # The DNS name peers use (MASTER_ADDR), stable whatever the pod is called.
+        "hostname": naming.pod_hostname(job.ref.name, index),
         "subdomain": naming.service_name(job.ref.name),
         "serviceAccountName": naming.service_account_name(job.ref.name),
         "containers": [
@@ -185,6 +188,6 @@ def build_pod(job: Job, index: int, gang: int = 0, run_as: RunAs | None = None) 
         "volumes": volumes,
     }
     _scheduling(pod_spec, spec, parts)
-    metadata = _metadata(job, index, gang, parts)
+    metadata = _metadata(job, name, index, gang, parts)
     overrides.apply_pod_spec(pod_spec, spec, device)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

@@ -38,7 +38,7 @@ from densenet_operator.gang import CustomKind, GangBackend, GangState
 from densenet_operator.metrics import METRICS, Metrics, device_type_of
 from densenet_operator.podrecord import PodRecord
 from densenet_operator.settings import TrainerDefaults
-from densenet_operator.spec import Job, ParsedJobs, SpecError
+from densenet_operator.spec import Job, ParsedJobs, SpecError, parse_job
 from densenet_operator.status import (
     FAILED,
     FINISHED,
@@ -209,7 +209,7 @@ class Reconciler:
         await asyncio.gather(*first)
         # After its Role: without `bind`, the API server refuses a binding to a missing Role.
         await self.ensure(job, rbac.build_role_binding(ref))
-        backend = backends.backend_for(job.spec)
+        backend = backends.backend_for(job)
         await self._ensure_gang(job, backend, backend.children(job))
         configmap = await self.ensure(
             job, ranktable.build_configmap(ref, ranktable.initial_content(job.spec))
@@ -254,7 +254,7 @@ class Reconciler:
                           records: list[PodRecord]) -> GangState | None:  # fmt: skip
         """What the scheduler says of the current gang, read until it says "placed" (which
         it never takes back); its pods' events wake these passes, no watch of its objects."""
-        backend = backends.backend_for(job.spec)
+        backend = backends.backend_for(job)
         gang = int(status.get("restarts") or 0)
         where = backend.state_of(job, gang)
         placed = any(c.get("type") == GANG_SCHEDULED and c.get("status") == "True"
@@ -264,14 +264,28 @@ class Reconciler:
             return None
         made, name = where
         child = await self._call(self._custom_api(made)[1], name, job.ref.namespace, ok=(404,))
-        if child is None or children.ownership(child, job.ref) != children.OURS:
+        if made.owned and child is not None and children.ownership(child, job.ref) != children.OURS:
             return None
-        return backend.read_state(child)
+        # Another controller's object (Kueue's Workload) is judged by the backend.
+        return backend.read_state(job, child)
+
+    async def release(self, job: Job) -> None:
+        """What holds the job's place (a queue's quota) given back: gang.py released_children."""
+        for made, name in backends.backend_for(job).released_children(job):
+            await self._call(self._custom_api(made)[2], name, job.ref.namespace, ok=(404,))
+
+    async def release_deleted(self, body: Mapping[str, Any]) -> None:
+        """A deleted job's place given back (its pods go with it; a queue would keep them)."""
+        try:
+            job = parse_job(dict(body), defaults=self.defaults)
+        except SpecError:
+            return
+        await self.release(job)
 
     async def _ensure_gang_generation(self, job: Job, gang: int) -> None:
         """The objects generation `gang` needs (a native PodGroup), and the previous
         generation's deleted (their pods are already being deleted)."""
-        backend = backends.backend_for(job.spec)
+        backend = backends.backend_for(job)
         await self._ensure_gang(job, backend, backend.gang_children(job, gang))
         if gang == 0:
             return
@@ -409,6 +423,8 @@ class Reconciler:
         due when the interval ends), then the rank table, then pod deletes and creates."""
         ns, name = job.ref.namespace, job.ref.name
         patched = None
+        if plan.release:  # before the status that says so: a crash in between releases again
+            await self.release(job)
         patch = status_patch(old_status, plan.status)
         now = self.clock()
         last_written = None if correcting else self.status_written_at.get(job.ref.uid)

@@ -8,11 +8,11 @@ from typing import Any
 
 from densenet_operator.podrecord import PENDING, PodRecord
 
-RUNNING, RESTARTING = "Running", "Restarting"
+RUNNING, RESTARTING, QUEUED = "Running", "Restarting", "Queued"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 FINISHED = (SUCCEEDED, FAILED)
 # Each phase has a condition of the same name; the current phase's is True, the others False.
-PHASE_CONDITIONS = (PENDING, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
+PHASE_CONDITIONS = (PENDING, QUEUED, RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 RANK_TABLE_READY = "RankTableReady"
 GANG_SCHEDULED = "GangScheduled"  # the gang scheduler's word on the current gang (gang.py)
 

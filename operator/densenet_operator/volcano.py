@@ -16,7 +16,7 @@ from typing import Any
 from densenet_operator import naming
 from densenet_operator.gang import CustomKind, PerJobChildren
 from densenet_operator.podadditions import PodAdditions
-from densenet_operator.spec import Job, TrainingSpec
+from densenet_operator.spec import Job
 
 SCHEDULER = "volcano"
 GROUP, VERSION, PLURAL = "scheduling.volcano.sh", "v1beta1", "podgroups"
@@ -59,10 +59,11 @@ def build_pod_group(job: Job) -> dict[str, Any]:
 class VolcanoGang(PerJobChildren):
     name: str = SCHEDULER
     chooses_devices: bool = True  # Volcano's Ascend plugin picks the chips
+    pod_names_per_gang: bool = False
     kinds: Mapping[str, CustomKind] = field(default_factory=lambda: {"PodGroup": POD_GROUP})
 
-    def wanted_by(self, spec: TrainingSpec) -> bool:
-        return spec.scheduling.gang == SCHEDULER
+    def wanted_by(self, job: Job) -> bool:
+        return job.spec.scheduling.gang == SCHEDULER
 
     def auto_schedulers(self, served: frozenset[str]) -> tuple[str | None, ...]:
         # Whether or not Volcano is installed: without it, the job says what to install.

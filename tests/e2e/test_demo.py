@@ -77,3 +77,33 @@ def test_the_demo_trains_in_real_pods_through_the_charts_operator(
     # What the demo shows: the pods with their node (kubectl get pods -o wide) and the table.
     assert any(line.split()[:1] == [f"{JOB}-worker-1"] and real_nodes & set(line.split())
                for line in out.splitlines())  # fmt: skip
+
+
+@pytest.fixture
+def queue_demo_run(
+    cluster: Cluster, kubectl: Kubectl, capsys: pytest.CaptureFixture[str]
+) -> Iterator[tuple[int, str]]:
+    """`hack/demo.sh --queue`: its exit code and what it printed (the operator as above)."""
+    with OperatorProcess.others_stopped():
+        try:
+            code = demo.main(["--cluster", cluster.name, "--keep-cluster", "--queue"])
+            yield code, capsys.readouterr().out
+        finally:
+            kubectl("scale", "deployment", demo.RELEASE, "-n", demo.OPERATOR_NAMESPACE,
+                    "--replicas=0", check=False)  # fmt: skip
+            kubectl("delete", "-n", demo.NAMESPACE, "-f", str(demo.QUEUE_EXAMPLE),
+                    "--ignore-not-found", check=False)  # fmt: skip
+
+
+def test_the_queue_demo_runs_one_job_while_the_other_waits(
+    queue_demo_run: tuple[int, str],
+) -> None:
+    code, out = queue_demo_run
+    assert code == 0, out[-3000:]
+    # The tables it printed: kubectl's rows, read by their columns (NAME PHASE QUEUE ...).
+    rows = [line.split() for line in out.splitlines() if line.startswith("densenet161-queued-")]
+    first = [r[:3] for r in rows[:2]]
+    assert first == [["densenet161-queued-a", "Running", "team-a"],
+                     ["densenet161-queued-b", "Queued", "team-a"]]  # fmt: skip
+    assert [r[:3] for r in rows[-2:]] == [["densenet161-queued-a", "Succeeded", "team-a"],
+                                          ["densenet161-queued-b", "Succeeded", "team-a"]]  # fmt: skip

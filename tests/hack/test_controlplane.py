@@ -72,3 +72,19 @@ def test_the_kwokctl_configuration_takes_an_audit_policy_only_when_asked(
     ]
     assert options["kubeAuditPolicy"] == str(policy)
     assert (options["securePort"], options["kubeAuthorization"]) == (True, True)
+
+
+def test_kwok_ends_a_held_pod_as_a_kubelet_does() -> None:
+    stages = controlplane.kwok_stages(controlplane.kwok_module_dir())
+    by_name = {stage["metadata"]["name"]: stage for stage in stages}
+    # kwokctl's own stages, all of them: given one Stage, kwokctl uses only what it is given.
+    assert set(by_name) == {"node-initialize", "node-heartbeat-with-lease", "pod-ready",
+                            "pod-complete", "pod-delete", "pod-terminate-on-delete"}  # fmt: skip
+    delete = by_name["pod-delete"]["spec"]["selector"]["matchExpressions"]
+    assert {"key": ".metadata.finalizers", "operator": "DoesNotExist"} in delete
+    terminate = by_name["pod-terminate-on-delete"]["spec"]
+    assert {(e["key"], e["operator"]) for e in terminate["selector"]["matchExpressions"]} == {
+        (".metadata.deletionTimestamp", "Exists"), (".metadata.finalizers", "Exists"),
+        (".status.phase", "In")}  # fmt: skip
+    status = terminate["next"]["statusTemplate"]
+    assert "phase: Failed" in status and "exitCode: 143" in status

@@ -6,6 +6,7 @@ chips' IPs unreadable, and `product_nodes` adds nodes of other Ascend products."
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -142,3 +143,15 @@ def product_nodes(cluster: Cluster) -> Iterator[Callable[..., tuple[str, ...]]]:
 
     yield add
     fakenodes.delete_nodes(cluster, added)
+
+
+@pytest.fixture
+def priority_classes(kubectl: Kubectl) -> Iterator[tuple[str, str]]:
+    """A low and a high PriorityClass (values 100 and 1000) of this test only."""
+    suffix = uuid.uuid4().hex[:6]
+    low, high = f"test-low-{suffix}", f"test-high-{suffix}"
+    for name, value in ((low, 100), (high, 1000)):
+        kubectl.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                       "metadata": {"name": name}, "value": value})  # fmt: skip
+    yield low, high
+    kubectl("delete", "priorityclass", low, high, "--ignore-not-found")

@@ -16,7 +16,9 @@ JOB = JobRef(name="dn161", namespace="team-a", uid="uid-1")
 # volcano for schedulerName volcano, else none). NATIVE_CLUSTER: one that serves native gangs.
 DEFAULTS = TrainerDefaults(image="trainer:test", auto_gangs=backends.auto_gangs(frozenset()))
 NATIVE_SERVED = frozenset(kind.resource for kind in backends.native.BACKEND.kinds.values())
-NATIVE_CLUSTER = TrainerDefaults(image="trainer:test", auto_gangs=backends.auto_gangs(NATIVE_SERVED))
+NATIVE_CLUSTER = TrainerDefaults(
+    image="trainer:test", auto_gangs=backends.auto_gangs(NATIVE_SERVED)
+)
 
 
 def make_job(defaults: TrainerDefaults = DEFAULTS, **spec: Any) -> Job:

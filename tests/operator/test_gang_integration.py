@@ -114,18 +114,6 @@ def test_a_restarted_gang_is_a_new_pod_group_and_the_old_one_goes(
     assert jobs.wait_phase("again", "Running")["restarts"] == 1
 
 
-@pytest.fixture
-def priority_classes(kubectl: Any) -> Iterator[tuple[str, str]]:
-    """A low and a high PriorityClass of this test only."""
-    suffix = uuid.uuid4().hex[:6]
-    low, high = f"gang-low-{suffix}", f"gang-high-{suffix}"
-    for name, value in ((low, 100), (high, 1000)):
-        kubectl.apply({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-                       "metadata": {"name": name}, "value": value})  # fmt: skip
-    yield low, high
-    kubectl("delete", "priorityclass", low, high, "--ignore-not-found")
-
-
 def test_scheduler_preemption_of_a_gang_is_a_disruption_and_it_comes_back(
     jobs: Jobs, gang_nodes: Any, priority_classes: tuple[str, str]
 ) -> None:

@@ -25,20 +25,20 @@ def test_auto_is_native_where_the_api_is_served_and_the_default_scheduler_places
     for scheduling in ({}, {"schedulerName": "default-scheduler"}, {"gang": "native"}):
         job = make_job(NATIVE_CLUSTER, scheduling=scheduling)
         assert job.spec.scheduling.gang == "native"
-        assert backends.backend_for(job.spec) is native.BACKEND
+        assert backends.backend_for(job) is native.BACKEND
     # Another scheduler may not run the GangScheduling plugin; Volcano keeps its own gangs.
     assert (
         make_job(NATIVE_CLUSTER, scheduling={"schedulerName": "mine"}).spec.scheduling.gang
         == "none"
     )
     volcano_job = make_job(NATIVE_CLUSTER, scheduling={"schedulerName": "volcano"})
-    assert backends.backend_for(volcano_job.spec) is volcano.BACKEND
+    assert backends.backend_for(volcano_job) is volcano.BACKEND
     assert make_job(NATIVE_CLUSTER, scheduling={"gang": "none"}).spec.scheduling.gang == "none"
 
 
 def test_auto_is_today_s_behaviour_where_the_api_is_not_served():
     assert make_job(DEFAULTS).spec.scheduling.gang == "none"
-    assert backends.backend_for(make_job(DEFAULTS).spec) is gang.NONE
+    assert backends.backend_for(make_job(DEFAULTS)) is gang.NONE
     # Asked for explicitly, native is kept: creating its Workload fails with `missing`.
     assert make_job(DEFAULTS, scheduling={"gang": "native"}).spec.scheduling.gang == "native"
     assert "GenericWorkload" in native.WORKLOAD.missing

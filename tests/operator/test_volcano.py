@@ -23,9 +23,9 @@ def test_volcano_pod_group_asks_for_the_whole_gang():
 
 
 def test_a_job_is_volcano_s_when_its_scheduler_is_volcano():
-    assert backends.backend_for(make_job(scheduling=VOLCANO).spec) is volcano.BACKEND
+    assert backends.backend_for(make_job(scheduling=VOLCANO)) is volcano.BACKEND
     for scheduling in ({}, {"schedulerName": "my-scheduler", "queue": "ignored"}):
-        assert backends.backend_for(make_job(scheduling=scheduling).spec) is gang.NONE
+        assert backends.backend_for(make_job(scheduling=scheduling)) is gang.NONE
 
 
 def test_its_children_are_the_pod_group_of_its_custom_kind():
