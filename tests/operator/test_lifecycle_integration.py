@@ -265,7 +265,7 @@ def test_volcano_jobs_get_a_pod_group(jobs: Jobs, kubectl: Any) -> None:
     kubectl("wait", "--for=condition=Established", "crd/podgroups.scheduling.volcano.sh")
     jobs.kubectl.apply(small_job("gangsched", replicas=2, scheduling={"schedulerName": "volcano", "queue": "npu"}),
                        "-n", jobs.namespace)  # fmt: skip
-    group = wait_for(lambda: (r := jobs.kubectl("get", "podgroup", "gangsched", "-n", jobs.namespace, "-o", "json",
+    group = wait_for(lambda: (r := jobs.kubectl("get", "podgroups.scheduling.volcano.sh", "gangsched", "-n", jobs.namespace, "-o", "json",
                                                 check=False)).returncode == 0 and json.loads(r.stdout))  # fmt: skip
     assert group["spec"]["minMember"] == 2
     assert group["spec"]["minResources"] == {"huawei.com/Ascend910": "16"}
