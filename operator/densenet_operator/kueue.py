@@ -41,7 +41,8 @@ QUEUE_LABEL = f"{GROUP}/queue-name"
 POD_GROUP_LABEL = f"{GROUP}/pod-group-name"
 TOTAL_COUNT_ANNOTATION = f"{GROUP}/pod-group-total-count"
 ADMISSION_GATE = f"{GROUP}/admission"  # what the webhook gates each pod with until admission
-QUOTA_RESERVED, ADMITTED = "QuotaReserved", "Admitted"  # the Kueue Workload's conditions
+# The Kueue Workload's conditions; an evicted one may still say Admitted for a moment.
+QUOTA_RESERVED, ADMITTED, EVICTED = "QuotaReserved", "Admitted", "Evicted"
 WORKLOAD = CustomKind(
     GROUP, VERSION, "workloads", owned=False,
     missing=f"the job is labelled {QUEUE_LABEL} but this cluster does not serve Kueue "
@@ -63,10 +64,16 @@ def queue_state(job: Job, workload: Mapping[str, Any] | None) -> GangState:
     queue = queue_of(job)
     conditions = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions") or ()}  # fmt: skip
     admitted = conditions.get(ADMITTED) or {}
-    if admitted.get("status") == "True":
+    evicted = conditions.get(EVICTED) or {}
+    if admitted.get("status") == "True" and evicted.get("status") != "True":
         return GangState(True, "Admitted", f"admitted by LocalQueue {queue}")
     reserved = conditions.get(QUOTA_RESERVED) or {}
-    why = reserved.get("message") or admitted.get("message") or "waiting for Kueue"
+    why = (
+        (evicted.get("status") == "True" and evicted.get("message"))
+        or reserved.get("message")
+        or admitted.get("message")
+        or "waiting for Kueue"
+    )
     return GangState(False, "Queued", f"LocalQueue {queue}: {why}", queued=True)
 
 

@@ -252,15 +252,22 @@ class Reconciler:
 
     async def _gang_state(self, job: Job, status: Mapping[str, Any],
                           records: list[PodRecord]) -> GangState | None:  # fmt: skip
-        """What the scheduler says of the current gang, read until it says "placed" (which
-        it never takes back); its pods' events wake these passes, no watch of its objects."""
+        """What the scheduler says of the current gang, read until it says "placed" (which a
+        PodGroup never takes back), and whenever a pod of the gang is gated (a queue may take
+        its admission back: Kueue's eviction)."""
         backend = backends.backend_for(job)
         gang = int(status.get("restarts") or 0)
         where = backend.state_of(job, gang)
         placed = any(c.get("type") == GANG_SCHEDULED and c.get("status") == "True"
                      for c in status.get("conditions") or ())  # fmt: skip
-        pods = any(r.gang == gang and not r.terminating for r in records)
-        if where is None or placed or not pods or status.get("phase") in FINISHED:
+        current = [r for r in records if r.gang == gang and not r.terminating]
+        gated = any(r.gates for r in current)
+        if (
+            where is None
+            or not current
+            or (placed and not gated)
+            or status.get("phase") in FINISHED
+        ):
             return None
         made, name = where
         child = await self._call(self._custom_api(made)[1], name, job.ref.namespace, ok=(404,))

@@ -78,6 +78,13 @@ def test_admission_ends_the_wait():
                 "status": {"conditions": [{"type": "Admitted", "status": "True"}]}}  # fmt: skip
     state = kueue.BACKEND.read_state(job, admitted)
     assert state is not None and state.scheduled and not state.queued
+    # Evicted (preempted), it may still say Admitted for a moment: it is queued again.
+    evicted = {**admitted, "status": {"conditions": [
+        {"type": "Admitted", "status": "True"},
+        {"type": "Evicted", "status": "True", "message": "Preempted to accommodate a workload"}]}}  # fmt: skip
+    again = kueue.BACKEND.read_state(job, evicted)
+    assert again is not None and again.queued
+    assert again.message == "LocalQueue team-a: Preempted to accommodate a workload"
     # A Workload the group's pods do not own is not the group's (anyone may make one).
     squatter = kueue.BACKEND.read_state(job, {**admitted, "metadata": {}})
     assert squatter is not None and not squatter.scheduled and squatter.queued
