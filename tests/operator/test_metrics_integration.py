@@ -109,8 +109,8 @@ def test_a_scrape_shows_exactly_what_happened_to_the_jobs(
     assert sample(after, restarts, **job, cause="disruption") == 1
     phases = {s.labels["phase"]: s.value for s in after["densenet_operator_jobs"].samples
               if s.labels["job_namespace"] == ns}  # fmt: skip
-    assert phases == {"Pending": 0, "Running": 1, "Restarting": 0, "Suspended": 0,
-                      "Succeeded": 1, "Failed": 0}  # fmt: skip
+    assert phases == {"Pending": 0, "Queued": 0, "Running": 1, "Restarting": 0,
+                      "Suspended": 0, "Succeeded": 1, "Failed": 0}  # fmt: skip
     # The running job's figures are those of its status.
     assert sample(after, "densenet_operator_job_training_fps", **again) == status["fps"]
     assert sample(after, "densenet_operator_job_training_epoch", **again) == status["epoch"]

@@ -74,6 +74,7 @@ def test_densenet161_8p_example_becomes_wired_pods_and_a_completed_rank_table(jo
     assert table_out[0].split() == [
         "NAME",
         "PHASE",
+        "QUEUE",  # empty (no Kueue queue label): kubectl leaves the cell blank
         "MODEL",
         "DEVICES",
         "EPOCH",
